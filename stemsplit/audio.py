@@ -1,0 +1,566 @@
+"""Audio in and out: decoding, channel conversion, resampling, atomic encoding.
+
+Owns everything between a file on disk and a float32 `(channels, time)` tensor, in both
+directions. Decoding goes through soundfile (wav, flac, mp3, ogg/vorbis, opus, aiff, ...) and, for
+other containers (m4a, aac, webm, video files), through an `ffmpeg` found on PATH. Inputs are read in
+blocks and resampled block by block, so only the converted signal is ever held in full. Outputs
+are written through `AudioWriter`, which streams blocks into a temporary file in the target folder
+and renames it into place only when everything succeeded.
+
+It must not know about models or separation, and it never prints.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Optional, Union
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from stemsplit.errors import AudioError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SOUNDFILE_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".w64", ".caf"}
+)
+FFMPEG_EXTENSIONS = frozenset(
+    {".m4a", ".aac", ".alac", ".wma", ".webm", ".weba", ".mka", ".mp4", ".m4v", ".mkv", ".mov", ".avi"}
+)
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+OUTPUT_FORMATS = ("wav", "flac", "mp3")
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+_BLOCK_FRAMES = 1 << 18  # frames decoded per read: bounds the transient memory of decoding
+# julius builds a (new, 2 * width + old) kernel for the reduced ratio old:new; past this many
+# coefficients the ratio is too irregular (e.g. 44101 Hz) to resample with it sensibly.
+_MAX_KERNEL_COEFFS = 20_000_000
+
+
+# ---- resampling ---------------------------------------------------------------------------------
+
+
+class StreamResampler:
+    """julius resampling applied block by block, with the same output as one full-length call.
+
+    julius computes output frame k (of `new` samples) from the input around k * old, reaching
+    `width` samples to the left and `width + old` to the right, and pads the signal's ends by
+    replication. Feeding blocks aligned on multiples of `old` plus enough real context on both
+    sides therefore reproduces the full-length result; only the true ends see the replication
+    padding, exactly as in a single call.
+    """
+
+    def __init__(self, old_sr: int, new_sr: int) -> None:
+        import julius
+
+        gcd = math.gcd(old_sr, new_sr)
+        self.old, self.new = old_sr // gcd, new_sr // gcd
+        self._resample = None
+        if self.old != self.new:
+            width = math.ceil(24 * self.old / (0.945 * min(self.old, self.new)))
+            if self.new * (2 * width + 2 * self.old) > _MAX_KERNEL_COEFFS:
+                raise AudioError(
+                    f"cannot resample {old_sr} Hz to {new_sr} Hz: the ratio of the two rates is "
+                    "too irregular (convert the file to a standard rate such as 44100 Hz first)"
+                )
+            self._resample = julius.ResampleFrac(old_sr, new_sr)
+            # context kept on each side, a whole number of `old` periods larger than the reach
+            self._context = (math.ceil((width + self.old) / self.old) + 1) * self.old
+        self._history: Optional[torch.Tensor] = None  # already consumed input kept as left context
+        self._pending: Optional[torch.Tensor] = None  # input not yet turned into output
+        self._channels = 0
+
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Feed `(channels, n)` samples; returns the output samples that are now final."""
+        self._channels = block.shape[0]
+        if self._resample is None:
+            return block
+        self._pending = block if self._pending is None else torch.cat([self._pending, block], -1)
+        ready = (self._pending.shape[-1] - self._context) // self.old * self.old
+        if ready <= 0:
+            return block.new_zeros(block.shape[0], 0)
+        return self._run(ready, final=False)
+
+    def flush(self) -> torch.Tensor:
+        """Returns the remaining output once the input has ended."""
+        if self._resample is None or self._pending is None:
+            return torch.zeros(self._channels, 0)
+        return self._run(self._pending.shape[-1], final=True)
+
+    def _run(self, consume: int, final: bool) -> torch.Tensor:
+        assert self._pending is not None and self._resample is not None
+        history = self._history
+        left = 0 if history is None else history.shape[-1]
+        joined = self._pending if history is None else torch.cat([history, self._pending], -1)
+        chunk = joined if final else joined[..., : left + consume + self._context]
+        out = self._resample(chunk)
+        skip = left // self.old * self.new
+        take = out.shape[-1] - skip if final else consume // self.old * self.new
+        if final:
+            self._history = self._pending = None
+        else:
+            self._history = joined[..., max(0, left + consume - self._context) : left + consume].clone()
+            self._pending = self._pending[..., consume:].clone()
+        return out[..., skip : skip + take]
+
+
+def resample(wav: torch.Tensor, old_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample `(channels, time)` from `old_sr` to `new_sr` with julius (identity when equal)."""
+    if old_sr == new_sr:
+        return wav
+    resampler = StreamResampler(old_sr, new_sr)
+    return torch.cat([resampler.push(wav), resampler.flush()], -1)
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """An opened input: its format facts and an iterator of `(frames, channels)` float32 blocks."""
+
+    samplerate: int
+    channels: int
+    frames: Optional[int]  # None when the decoder cannot tell in advance (ffmpeg pipes)
+    blocks: Iterator[np.ndarray]
+
+
+_DECLARED_SIZE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _truncation(handle: sf.SoundFile) -> Optional[str]:
+    """Why libsndfile's parse log says the file is cut short, if it does.
+
+    libsndfile quietly shortens a WAV/AIFF whose data chunk claims more bytes than the file holds,
+    and an Ogg stream without its end; its log (`extra_info`) is the only place that says so.
+    Sizes of 0 or 0xFFFFFFFF are "unknown" markers written by streaming encoders, not truncation.
+    """
+    log = handle.extra_info
+    for match in _DECLARED_SIZE.finditer(log):
+        declared, actual = int(match.group(2)), int(match.group(3))
+        if declared not in (0, 0xFFFFFFFF) and declared > actual:
+            return f"the header announces {declared} bytes of audio, the file holds {actual}"
+    if any(marker in log for marker in ("ended unexpectedly", "> file length", "lacks an end-of-stream")):
+        return "the stream ends before its end marker"
+    return None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence C-level stderr: libmpg123 prints resync notes there when probing non-MP3 data."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _soundfile_source(path: Path) -> _Source:
+    try:
+        with _native_stderr_silenced():
+            handle = sf.SoundFile(str(path))
+    except (sf.SoundFileError, RuntimeError):
+        raise AudioError(f"{path}: not a recognised audio file (unknown format or corrupted header)") from None
+    truncated = _truncation(handle)
+    if truncated is not None:
+        handle.close()
+        raise AudioError(f"{path}: truncated or corrupted file ({truncated})")
+
+    def blocks() -> Iterator[np.ndarray]:
+        with handle:
+            read = 0
+            while True:
+                try:
+                    data = handle.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                except (sf.SoundFileError, RuntimeError) as exc:
+                    raise AudioError(f"{path}: corrupted audio data after {read} frames ({exc})") from None
+                if data.shape[0] == 0:
+                    break
+                read += data.shape[0]
+                yield data
+                if data.shape[0] < _BLOCK_FRAMES:
+                    break
+            if handle.frames > 0 and read < handle.frames:
+                raise AudioError(
+                    f"{path}: truncated or corrupted file (decoded {read} of {handle.frames} frames)"
+                )
+
+    return _Source(handle.samplerate, handle.channels, handle.frames, blocks())
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
+    """Decode with ffmpeg to a float32 WAV stream on a pipe, and parse its header ourselves."""
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0",
+           "-f", "wav", "-acodec", "pcm_f32le", "-"]
+    errlog = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errlog, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+
+    def failure(what: str) -> AudioError:
+        proc.kill()
+        proc.wait()
+        errlog.seek(0)
+        lines = [ln.strip() for ln in errlog.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        errlog.close()
+        cause = lines[-1] if lines else what
+        return AudioError(f"{path}: not a readable audio file (ffmpeg: {cause})")
+
+    header = _read_exact(proc.stdout, 12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        raise failure("no audio stream")
+    channels = samplerate = 0
+    while True:
+        chunk = _read_exact(proc.stdout, 8)
+        if len(chunk) < 8:
+            raise failure("no audio data")
+        tag, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if tag == b"data":
+            break
+        body = _read_exact(proc.stdout, size + (size & 1))
+        if tag == b"fmt ":
+            channels = int.from_bytes(body[2:4], "little")
+            samplerate = int.from_bytes(body[4:8], "little")
+    if channels <= 0 or samplerate <= 0:
+        raise failure("unreadable stream format")
+
+    def blocks() -> Iterator[np.ndarray]:
+        frame_bytes = 4 * channels
+        try:
+            while True:
+                data = _read_exact(proc.stdout, _BLOCK_FRAMES * frame_bytes)
+                usable = len(data) // frame_bytes * frame_bytes
+                if usable:
+                    yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
+                if len(data) < _BLOCK_FRAMES * frame_bytes:
+                    break
+            if proc.wait() != 0:
+                raise failure(f"exit status {proc.returncode}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            errlog.close()
+
+    return _Source(samplerate, channels, None, blocks())
+
+
+def _open_source(path: Path) -> _Source:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    suffix = path.suffix.lower()
+    if suffix in SOUNDFILE_EXTENSIONS:
+        return _soundfile_source(path)
+    if suffix not in FFMPEG_EXTENSIONS:  # unknown extension: libsndfile may still know the format
+        try:
+            return _soundfile_source(path)
+        except AudioError:
+            pass
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError(
+            f"{path}: cannot decode {suffix or 'extension-less'} files without ffmpeg; install ffmpeg "
+            "and make sure it is on PATH (or convert the file to wav/flac/mp3)"
+        )
+    return _ffmpeg_source(path, ffmpeg)
+
+
+def _convert_channels(block: torch.Tensor, channels: Optional[int], path: Path) -> torch.Tensor:
+    have = block.shape[0]
+    if channels is None or channels == have:
+        return block
+    if have > 2:
+        raise AudioError(
+            f"{path}: has {have} channels; only mono and stereo are supported "
+            "(downmix it first, e.g. `ffmpeg -i IN -ac 2 OUT.wav`)"
+        )
+    if channels == 1:
+        return block.mean(0, keepdim=True)
+    if have == 1:
+        return block.expand(channels, -1)
+    raise AudioError(f"{path}: cannot convert {have} channels to {channels}")
+
+
+@dataclass
+class LoadedAudio:
+    """A decoded input: `wav` at `samplerate`, plus the file's own rate and channel count.
+
+    `native` is the decoded signal at the file's rate (channels converted), kept only when asked
+    for and when it differs from `wav`.
+    """
+
+    wav: torch.Tensor
+    samplerate: int
+    native_samplerate: int
+    native_channels: int
+    native_frames: int
+    native: Optional[torch.Tensor] = None
+
+
+def load_audio(
+    path: PathLike,
+    samplerate: Optional[int] = None,
+    channels: Optional[int] = None,
+    *,
+    keep_native: bool = False,
+) -> LoadedAudio:
+    """Decode `path` block by block, converting channels and resampling on the fly.
+
+    Raises AudioError (naming the file) for missing, empty, undecodable, truncated files and for
+    NaN or infinite samples.
+    """
+    path = Path(path)
+    source = _open_source(path)
+    target_sr = samplerate or source.samplerate
+    if channels is not None and source.channels > 2:
+        _convert_channels(torch.zeros(source.channels, 0), channels, path)
+    try:
+        resampler = StreamResampler(source.samplerate, target_sr)
+    except AudioError as exc:
+        raise AudioError(f"{path}: {exc}") from None
+    out_channels = channels or source.channels
+    same_rate = target_sr == source.samplerate
+    expected = None
+    if source.frames is not None and source.frames > 0:
+        expected = source.frames * resampler.new // resampler.old
+    parts: list[torch.Tensor] = []
+    native_parts: list[torch.Tensor] = []
+    wav = torch.empty(out_channels, expected) if expected is not None else None
+    filled = 0
+    decoded = 0
+
+    def store(piece: torch.Tensor) -> None:
+        nonlocal filled, wav
+        if piece.shape[-1] == 0:
+            return
+        if wav is not None and filled + piece.shape[-1] <= wav.shape[-1]:
+            wav[:, filled : filled + piece.shape[-1]] = piece
+        else:
+            if wav is not None:  # the decoder delivered more than announced: switch to a list
+                parts.append(wav[:, :filled])
+                wav = None
+            parts.append(piece.clone())
+        filled += piece.shape[-1]
+
+    for block in source.blocks:
+        tensor = torch.from_numpy(np.ascontiguousarray(block.T))
+        if not bool(torch.isfinite(tensor).all()):
+            bad = decoded + int((~torch.isfinite(tensor)).any(0).nonzero()[0])
+            raise AudioError(f"{path}: contains NaN or infinite samples (first at frame {bad})")
+        decoded += tensor.shape[-1]
+        tensor = _convert_channels(tensor, channels, path)
+        if keep_native and not same_rate:
+            native_parts.append(tensor.clone())
+        store(resampler.push(tensor))
+    if decoded == 0:
+        raise AudioError(f"{path}: contains no audio samples (empty or truncated file)")
+    store(resampler.flush())
+    if wav is not None and not parts:
+        result = wav[:, :filled]
+    else:
+        if wav is not None:
+            parts.insert(0, wav[:, :filled])
+        result = torch.cat(parts, -1)
+    native = torch.cat(native_parts, -1) if native_parts else None
+    return LoadedAudio(result.contiguous(), target_sr, source.samplerate, source.channels, decoded, native)
+
+
+def read_audio(
+    path: PathLike, samplerate: Optional[int] = None, channels: Optional[int] = None
+) -> tuple[torch.Tensor, int]:
+    """Decode `path` to a float32 `(channels, time)` tensor, optionally resampled/converted.
+
+    Returns the tensor and its sample rate. Mono becomes dual-mono when `channels=2`; stereo is
+    averaged when `channels=1`; files with more than two channels are refused when a conversion is
+    asked for.
+    """
+    loaded = load_audio(path, samplerate, channels)
+    return loaded.wav, loaded.samplerate
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+
+def output_subtype(fmt: str, bit_depth: int) -> str:
+    """The libsndfile subtype for a format and bit depth; ValueError for impossible pairs."""
+    if fmt == "mp3":
+        return "MPEG_LAYER_III"
+    table = {"wav": {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}, "flac": {16: "PCM_16", 24: "PCM_24"}}
+    if fmt not in table:
+        raise ValueError(f"unknown output format {fmt!r} (choose from {', '.join(OUTPUT_FORMATS)})")
+    if bit_depth not in table[fmt]:
+        allowed = "/".join(str(b) for b in table[fmt])
+        raise ValueError(f"{fmt} cannot be written with bit depth {bit_depth} (use {allowed})")
+    return table[fmt][bit_depth]
+
+
+def mp3_compression_level(bitrate: int) -> float:
+    """libsndfile's compression level that gives a constant `bitrate` kbps MP3.
+
+    libsndfile maps the level linearly onto 320..32 kbps for MPEG-1 rates (32, 44.1, 48 kHz), so
+    those rates get the exact bitrate; lower sample rates use MPEG-2 tables and end up
+    proportionally lower.
+    """
+    if bitrate not in MP3_BITRATES:
+        raise ValueError(f"unsupported MP3 bitrate {bitrate} (choose from {MP3_BITRATES})")
+    return min((320 - bitrate) / 288, 0.999)
+
+
+def write_error(path: Path, exc: BaseException) -> AudioError:
+    """An AudioError naming `path` for a failed write (disk full gets its own wording)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return AudioError(f"{path}: cannot write, no space left on device")
+    detail = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        detail = exc.strerror
+    return AudioError(f"{path}: cannot write ({detail})")
+
+
+def temp_path_for(path: Path) -> Path:
+    """Create (and return) an empty hidden temporary file next to `path` for an atomic write."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    os.close(fd)
+    return Path(name)
+
+
+class AudioWriter:
+    """Streams `(channels, n)` blocks into `path` atomically.
+
+    Blocks go to a hidden temporary file in the target folder; `commit()` renames it to `path`,
+    `abort()` deletes it. Used as a context manager it commits on success and aborts on any
+    exception, KeyboardInterrupt included. Integer and MP3 outputs saturate at full scale.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        samplerate: int,
+        channels: int,
+        *,
+        bit_depth: int = 16,
+        fmt: Optional[str] = None,
+        mp3_bitrate: int = 320,
+    ) -> None:
+        self.path = Path(path)
+        fmt = (fmt or self.path.suffix.lstrip(".")).lower()
+        subtype = output_subtype(fmt, bit_depth)
+        self._float = subtype == "FLOAT"
+        extra = {}
+        if fmt == "mp3":
+            extra = {"compression_level": mp3_compression_level(mp3_bitrate), "bitrate_mode": "CONSTANT"}
+        self.temp = temp_path_for(self.path)
+        try:
+            self._file: Optional[sf.SoundFile] = sf.SoundFile(
+                str(self.temp), "w", samplerate, channels, subtype=subtype, format=fmt.upper(), **extra
+            )
+        except BaseException as exc:
+            self.temp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, sf.SoundFileError, RuntimeError)):
+                raise write_error(self.path, exc) from None
+            raise
+
+    def write(self, block: torch.Tensor) -> None:
+        """Append `(channels, n)` samples."""
+        assert self._file is not None, "writer already closed"
+        if not self._float:
+            block = block.clamp(-1.0, 1.0)
+        data = block.detach().to("cpu", torch.float32).T.contiguous().numpy()
+        try:
+            self._file.write(data)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, (OSError, sf.SoundFileError, RuntimeError)):
+                raise write_error(self.path, exc) from None
+            raise
+
+    def close(self) -> None:
+        """Finish encoding into the temporary file (call `commit` to publish it)."""
+        if self._file is not None:
+            handle, self._file = self._file, None
+            try:
+                handle.close()
+            except BaseException as exc:
+                self.abort()
+                if isinstance(exc, (OSError, sf.SoundFileError, RuntimeError)):
+                    raise write_error(self.path, exc) from None
+                raise
+
+    def commit(self) -> None:
+        """Close and atomically rename the temporary file to the final path."""
+        self.close()
+        try:
+            os.replace(self.temp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
+
+    def abort(self) -> None:
+        """Drop everything written so far; the final path is left untouched."""
+        if self._file is not None:
+            handle, self._file = self._file, None
+            try:
+                handle.close()
+            except Exception:  # the file is being discarded: its close error is irrelevant
+                pass
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AudioWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_audio(
+    path: PathLike,
+    wav: torch.Tensor,
+    samplerate: int,
+    *,
+    bit_depth: int = 16,
+    fmt: Optional[str] = None,
+    mp3_bitrate: int = 320,
+) -> None:
+    """Write `(channels, time)` to `path` atomically (temporary file + rename)."""
+    if wav.dim() != 2:
+        raise ValueError(f"expected a (channels, time) tensor, got shape {tuple(wav.shape)}")
+    with AudioWriter(path, samplerate, wav.shape[0], bit_depth=bit_depth, fmt=fmt, mp3_bitrate=mp3_bitrate) as w:
+        for start in range(0, wav.shape[-1], _BLOCK_FRAMES):
+            w.write(wav[:, start : start + _BLOCK_FRAMES])

@@ -1,0 +1,822 @@
+"""The command line: parse, call the API, report. Nothing else lives here.
+
+`stemsplit FILE...` is short for `stemsplit separate FILE...`. Heavy imports (torch, soundfile)
+happen inside the command functions so that `--help` and `--version` stay instant.
+Exit codes: 0 all inputs done or skipped, 1 some inputs failed, 2 usage error.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import click
+import typer
+import typer.core
+
+from stemsplit import __version__
+
+
+class _DefaultToSeparate(typer.core.TyperGroup):
+    """A command group where an unknown first word means `separate` (so `stemsplit song.mp3` works)."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        first = next((a for a in args if not a.startswith("-")), None)
+        if args and first is not None and first not in self.commands and args[0] not in ("--help", "--version"):
+            args = ["separate", *args]
+        elif args and first is None and not any(a in ("--help", "--version") for a in args):
+            args = ["separate", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultToSeparate,
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Split songs into stems (drums, bass, other, vocals). `stemsplit song.mp3` is all it takes.",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"stemsplit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Split songs into stems (drums, bass, other, vocals)."""
+
+
+# ---- separate (issue 2) -------------------------------------------------------------------------
+
+import enum  # noqa: E402  (cheap; typer needs these to read the option types)
+from pathlib import Path  # noqa: E402
+
+class _Format(str, enum.Enum):
+    wav = "wav"
+    flac = "flac"
+    mp3 = "mp3"
+
+
+class _BitDepth(str, enum.Enum):
+    b16 = "16"
+    b24 = "24"
+    b32 = "32"
+
+
+class _Clip(str, enum.Enum):
+    rescale = "rescale"
+    clamp = "clamp"
+    none = "none"
+
+
+_MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_TEMPLATE = "{model}/{track}/{stem}.{ext}"
+_TEMPLATE_FIELDS = ("model", "track", "stem", "ext")
+_GLOB_CHARS = set("*?[")
+
+
+def _separate_fail(message: str, code: int) -> "typer.Exit":
+    """One red line on stderr, and the exit code to leave with."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _check_template(template: str) -> None:
+    """Refuse templates with unknown fields, without {stem}, or that leave the output folder."""
+    import string
+    from pathlib import PurePath
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise _separate_fail(f"--filename {template!r}: {exc}", 2) from None
+    unknown = fields - set(_TEMPLATE_FIELDS)
+    if unknown:
+        raise _separate_fail(f"--filename {template!r}: unknown field(s) {', '.join(sorted(unknown))} "
+                             f"(use {', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)})", 2)
+    if "stem" not in fields:
+        raise _separate_fail(f"--filename {template!r} must contain {{stem}}, or all stems would share one file", 2)
+    sample = PurePath(template.format(model="m", track="t", stem="s", ext="wav"))
+    if sample.is_absolute() or ".." in sample.parts or sample.drive or template.strip() in ("", "."):
+        raise _separate_fail(f"--filename {template!r} would write outside the output folder", 2)
+
+
+def _render_target(out: Path, template: str, **fields: str) -> Path:
+    """The final path of one stem; StemsplitError when a name would escape `out`."""
+    from pathlib import Path
+
+    from stemsplit.errors import AudioError
+
+    relative = Path(template.format(**fields))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise AudioError(f"output name {relative} would leave the output folder {out}")
+    return out / relative
+
+
+def _expand_inputs(inputs: List[str], out: Path) -> List[tuple]:
+    """(label, path or None, error or None) per input file; folders and globs expanded."""
+    import glob
+    from pathlib import Path
+
+    from stemsplit.audio import AUDIO_EXTENSIONS
+
+    found: List[tuple] = []
+    seen: set = set()
+    out_resolved = out.resolve()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((str(path), path, None))
+
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                and out_resolved not in p.resolve().parents and not p.name.startswith(".")
+            )
+            if not files:
+                found.append((text, None, f"{text}: folder contains no audio files"))
+            for file in files:
+                add(file)
+        elif path.exists():
+            add(path)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            if not matches:
+                found.append((text, None, f"{text}: no files match this pattern"))
+            for match in matches:
+                add(match)
+        else:
+            found.append((text, None, f"{text}: no such file or folder"))
+    return found
+
+
+def _model_label(model: Optional[str], model_path: Optional[Path]) -> str:
+    from pathlib import Path
+
+    from stemsplit.catalog import DEFAULT_MODEL
+
+    if model_path is not None:
+        return model_path.stem
+    if model is None:
+        return DEFAULT_MODEL
+    return Path(model).stem if Path(model).suffix else model
+
+
+def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
+    """Load a model; a first-use download shows a transient progress bar on stderr."""
+    if not show:
+        return load_model(name, repo=repo)
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
+        tasks: dict = {}
+
+        def report(file: str, done: int, total: Optional[int]) -> None:
+            if file not in tasks:
+                tasks[file] = bar.add_task(file, total=total)
+            bar.update(tasks[file], completed=done, total=total)
+
+        return load_model(name, repo=repo, progress=report)
+
+
+@app.command("separate")
+def separate(
+    inputs: List[str] = typer.Argument(..., metavar="INPUTS...",
+                                       help="Audio files, folders (searched recursively) or glob patterns."),
+    model: Optional[str] = typer.Option(None, "-n", "--model", help="Model name (see `stemsplit models`); "
+                                        "default: the embedded model."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="Load the model from this checkpoint file.",
+                                              dir_okay=False),
+    repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look names up in "
+                                        "(nothing is downloaded).", file_okay=False),
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
+    filename: str = typer.Option(_TEMPLATE, "--filename", help="Output path template inside --out, with "
+                                 "{model} {track} {stem} {ext}."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Write only these stems, comma separated "
+                                        "(e.g. drums,vocals)."),
+    two_stems: Optional[str] = typer.Option(None, "--two-stems", metavar="STEM", help="Write STEM and no_STEM "
+                                            "(the mixture minus STEM)."),
+    fmt: _Format = typer.Option(_Format.wav, "--format", help="Output format."),
+    bit_depth: _BitDepth = typer.Option(_BitDepth.b16, "--bit-depth",
+                                        help="Bits per sample for wav/flac; 32 = float (wav only)."),
+    mp3_bitrate: int = typer.Option(320, "--mp3-bitrate", metavar="KBPS",
+                                    help="Constant MP3 bitrate in kbps: 32, 40, 48, 56, 64, 80, 96, 112, 128, "
+                                         "160, 192, 224, 256 or 320 (exact at 32/44.1/48 kHz)."),
+    clip: _Clip = typer.Option(_Clip.rescale, "--clip", help="Avoid clipping: rescale all stems of a track by one factor, clamp each "
+                                  "sample, or none."),
+    keep_samplerate: bool = typer.Option(True, "--keep-samplerate/--model-samplerate",
+                                         help="Write stems at the input's sample rate, or at the model's."),
+    device: str = typer.Option("auto", "-d", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, "
+                               "cuda:N or mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", metavar="SECONDS",
+                                            help="Segment length in seconds (default: the model's)."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Overlap between segments, in [0, 1)."),
+    shifts: int = typer.Option(0, "--shifts", min=0, help="Average N randomly shifted passes (slower, "
+                               "slightly better; deterministic, see --seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random shifts."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
+    half: bool = typer.Option(False, "--half", help="float16 autocast on CUDA (faster, small numeric "
+                              "differences)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
+                                   "(default: skip them)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print model and settings details."),
+) -> None:
+    """Separate songs into stems: `stemsplit separate song.mp3` (or just `stemsplit song.mp3`)."""
+    import json
+    import sys
+    import time
+
+    if model is not None and model_path is not None:
+        raise _separate_fail("use either -n/--model or --model-path, not both", 2)
+    if quiet and verbose:
+        raise _separate_fail("use either -q/--quiet or -v/--verbose, not both", 2)
+    if stems is not None and two_stems is not None:
+        raise _separate_fail("use either --stems or --two-stems, not both", 2)
+    fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
+    if segment is not None and segment <= 0:
+        raise _separate_fail(f"--segment must be a positive number of seconds, got {segment}", 2)
+    if not 0 <= overlap < 1:
+        raise _separate_fail(f"--overlap must be in [0, 1), got {overlap}", 2)
+    if mp3_bitrate not in _MP3_BITRATES:
+        raise _separate_fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
+                             f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
+    if fmt == "flac" and bit_depth == "32":
+        raise _separate_fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
+    _check_template(filename)
+    wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
+    if stems is not None and not wanted:
+        raise _separate_fail("--stems needs at least one stem name", 2)
+
+    from rich.console import Console
+
+    from stemsplit.errors import StemsplitError
+
+    console = Console()
+    errors = Console(stderr=True)
+    fancy = console.is_terminal and not as_json and not quiet
+    plain = not console.is_terminal and not as_json and not quiet
+    entries = _expand_inputs(inputs, out)
+    records: List[dict] = []
+    failed = 0
+
+    def fail_line(message: str) -> None:
+        errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+
+    try:
+        from stemsplit.catalog import load_model
+
+        label = _model_label(model, model_path)
+        net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
+                                  show=not (as_json or quiet))
+    except StemsplitError as exc:
+        raise _separate_fail(str(exc), 1) from None
+
+    from stemsplit.errors import AudioError, ModelError
+    from stemsplit.export import OutputOptions, output_stems, separate_file
+    from stemsplit.separate import Separator
+
+    try:
+        names = output_stems(list(net.sources), wanted, two_stems)
+    except ModelError as exc:
+        raise _separate_fail(str(exc), 2) from None
+    try:
+        separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
+                              batch_size=batch_size, half=half)
+    except StemsplitError as exc:
+        raise _separate_fail(str(exc), 1) from None
+    options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
+                            keep_samplerate=keep_samplerate)
+    if verbose and not as_json:
+        console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
+                      f"{net.audio_channels} channels; device {separator.device}; segment "
+                      f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
+                      f"batch size {batch_size}", highlight=False)
+
+    progress = None
+    if fancy:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+        from rich.text import Text
+
+        class _Speed(ProgressColumn):
+            """Seconds of audio separated per second of wall time."""
+
+            def render(self, task):  # type: ignore[no-untyped-def]
+                audio = task.fields.get("audio", 0.0)
+                if not task.elapsed or not audio:
+                    return Text("")
+                return Text(f"{audio / task.elapsed:.1f}x")
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
+                            TimeRemainingColumn(), console=console)
+        progress.start()
+    planned: dict = {}
+    try:
+        batch = progress.add_task("all tracks", total=len(entries)) if progress is not None else None
+        for text, path, problem in entries:
+            record: dict = {"input": text, "status": "failed", "outputs": {}, "duration": None, "seconds": 0.0}
+            records.append(record)
+            started = time.perf_counter()
+            task = None
+            try:
+                if problem is not None:
+                    raise AudioError(problem)
+                targets = {stem: _render_target(out, filename, model=label, track=path.stem, stem=stem, ext=fmt)
+                           for stem in names}
+                record["outputs"] = {stem: str(p) for stem, p in targets.items()}
+                clash = [planned[p] for p in targets.values() if p in planned]
+                if clash:
+                    raise AudioError(f"{text}: output files collide with those of {clash[0]} "
+                                     "(use --filename to tell them apart)")
+                planned.update({p: text for p in targets.values()})
+                if not overwrite and all(p.exists() for p in targets.values()):
+                    record["status"] = "skipped"
+                    if plain:
+                        console.print(f"skipped {text} (outputs exist; --overwrite to redo)", highlight=False,
+                                      soft_wrap=True)
+                    continue
+                if progress is not None:
+                    task = progress.add_task(path.name, total=None, audio=0.0)
+
+                    def report(done: int, total: int, task=task) -> None:
+                        duration = record["duration"] or 0.0
+                        progress.update(task, completed=done, total=total,
+                                        audio=duration * done / total if total else 0.0)
+
+                    separator.progress = report
+                result = separate_file(path, separator, targets, options, two_stems=two_stems,
+                                       on_start=lambda seconds: record.update(duration=seconds))
+                record.update(status="ok", duration=result.duration)
+                record["seconds"] = round(time.perf_counter() - started, 3)
+                if plain or fancy:
+                    console.print(f"ok {text} -> {targets[names[0]].parent} ({result.duration:.1f} s of audio "
+                                  f"in {record['seconds']:.1f} s)", highlight=False, soft_wrap=True)
+                if verbose and not as_json and result.scale != 1.0:
+                    console.print(f"  rescaled by {result.scale:.3f} to avoid clipping", highlight=False)
+            except StemsplitError as exc:
+                failed += 1
+                record["error"] = str(exc)
+                record["seconds"] = round(time.perf_counter() - started, 3)
+                message = str(exc) if text in str(exc) or (path is not None and str(path) in str(exc)) \
+                    else f"{text}: {exc}"
+                fail_line(message)
+            finally:
+                separator.progress = None
+                if progress is not None:
+                    if task is not None:
+                        progress.remove_task(task)
+                    progress.advance(batch)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if as_json:
+        summary = {
+            "model": label, "out": str(out),
+            "ok": sum(r["status"] == "ok" for r in records),
+            "skipped": sum(r["status"] == "skipped" for r in records),
+            "failed": failed, "tracks": records,
+        }
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    if failed:
+        raise typer.Exit(1)
+
+
+# ---- models (issue 3) ---------------------------------------------------------------------------
+
+_MODELS_ACTIONS = ("list", "info", "download", "path")
+
+
+def _models_fail(message: str, code: int = 1) -> "typer.Exit":
+    """One red line on stderr, and the exit code to leave with."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _size_text(size: Optional[int]) -> str:
+    return "?" if size is None else f"{size / 1e6:.0f} MB"
+
+
+def _models_list(as_json: bool) -> None:
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stemsplit.catalog import list_models
+
+    infos = list_models()
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(info) for info in infos], indent=2))
+        return
+    table = Table(title="stemsplit models")
+    for column in ("name", "sources", "size", "cached", "SDR (dB)", "description"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        table.add_row(
+            f"{info.name} [bold](default)[/bold]" if info.default else info.name,
+            ", ".join(info.sources),
+            _size_text(info.size_bytes),
+            "[green]yes[/green]" if info.cached else "no",
+            "-" if info.sdr is None else f"{info.sdr:.1f}",
+            info.description,
+        )
+    Console().print(table)
+
+
+def _models_info(name: str, as_json: bool) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stemsplit import catalog
+
+    if name == catalog.DEFAULT_MODEL:
+        path = catalog.default_model_path()
+        info = {"name": name, "default": True, "path": None if path is None else str(path), "cached": path is not None}
+        files: list = []
+    else:
+        entry = catalog.get_entry(name)
+        files = [
+            {"file": file.name, "url": file.url(), "sha256": file.sha256, "size_bytes": file.size,
+             "cached_path": str(catalog.cached_path(file)), "cached": catalog.cached_path(file).is_file()}
+            for file in entry.files
+        ]
+        info = {
+            "name": entry.name, "default": False, "description": entry.description, "sources": list(entry.sources),
+            "size_bytes": entry.size_bytes, "sdr": entry.sdr, "segment": entry.segment,
+            "weights": None if entry.weights is None else [list(row) for row in entry.weights],
+            "cached": catalog.is_cached(entry), "files": files,
+        }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    console = Console()
+    for key, value in info.items():
+        if key != "files":
+            console.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)
+    if files:
+        table = Table(title="files")
+        for column in ("file", "size", "sha256", "cached", "url"):
+            table.add_column(column, overflow="fold")
+        for file in files:
+            table.add_row(file["file"], _size_text(file["size_bytes"]), file["sha256"],
+                          "[green]yes[/green]" if file["cached"] else "no", file["url"])
+        console.print(table)
+
+
+def _models_download(name: str, as_json: bool) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from stemsplit.catalog import download_model
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True), transient=as_json) as bar:
+        tasks: dict = {}
+
+        def report(file: str, done: int, total: Optional[int]) -> None:
+            if file not in tasks:
+                tasks[file] = bar.add_task(file, total=total)
+            bar.update(tasks[file], completed=done, total=total)
+
+        paths = download_model(name, progress=report)
+    if as_json:
+        typer.echo(json.dumps([str(path) for path in paths], indent=2))
+    else:
+        for path in paths:
+            typer.echo(str(path))
+
+
+def _models_path(name: Optional[str], as_json: bool) -> None:
+    import json
+
+    from stemsplit import catalog
+
+    if name is None:
+        paths = [str(catalog.cache_dir())]
+    elif name == catalog.DEFAULT_MODEL:
+        paths = [str(catalog.require_default_path())]
+    else:
+        paths = [str(catalog.cached_path(file)) for file in catalog.get_entry(name).files]
+    typer.echo(json.dumps(paths if name else paths[0]) if as_json else "\n".join(paths))
+
+
+@app.command("models")
+def models(
+    action: str = typer.Argument(
+        "list", metavar="[list|info|download|path]",
+        help="list: all models; info NAME: details and files; download NAME: fetch into the cache; "
+             "path [NAME]: the cache folder, or where NAME's files live.",
+    ),
+    name: Optional[str] = typer.Argument(None, help="Model name, for info, download and path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """List, inspect and download the pretrained models."""
+    from stemsplit.errors import StemsplitError
+
+    if action not in _MODELS_ACTIONS:
+        raise _models_fail(f"unknown action {action!r}; use one of {', '.join(_MODELS_ACTIONS)}", 2)
+    if action in ("info", "download") and name is None:
+        raise _models_fail(f"`stemsplit models {action}` needs a model name (see `stemsplit models list`)", 2)
+    if action == "list" and name is not None:
+        raise _models_fail("`stemsplit models list` takes no model name", 2)
+    try:
+        if action == "list":
+            _models_list(as_json)
+        elif action == "info":
+            _models_info(name, as_json)  # type: ignore[arg-type]
+        elif action == "download":
+            _models_download(name, as_json)  # type: ignore[arg-type]
+        else:
+            _models_path(name, as_json)
+    except StemsplitError as exc:
+        raise _models_fail(str(exc)) from None
+
+# ---- synth (issue 4, hidden) ----------------------------------------------------------------------
+
+
+@app.command(hidden=True)
+def synth(
+    out_dir: str = typer.Argument(..., help="Folder to write song_00000/{mixture,drums,bass,other,vocals}.wav into."),
+    songs: int = typer.Option(10, "--songs", min=1, help="Number of songs."),
+    seconds: float = typer.Option(30.0, "--seconds", min=0.5, help="Length of each song in seconds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the set; the same seed gives the same audio."),
+    samplerate: int = typer.Option(44100, "--samplerate", min=8000, help="Sample rate in Hz."),
+    channels: int = typer.Option(2, "--channels", min=1, max=2, help="1 (mono) or 2 (stereo)."),
+    bit_depth: str = typer.Option("float", "--bit-depth", help="float (exact mixture = sum), 16 or 24."),
+    style: Optional[List[str]] = typer.Option(None, "--style", help="Only these style families (repeatable)."),
+    vocal_mode: Optional[List[str]] = typer.Option(None, "--vocal-mode", help="Only sing / rap / spoken (repeatable)."),
+    soundfont: Optional[str] = typer.Option(None, "--soundfont",
+                                            help="General MIDI .sf2/.sf3 (or 'auto') for sample-based stems."),
+    soundfont_share: float = typer.Option(0.5, "--soundfont-share", min=0.0, max=1.0,
+                                          help="Chance that each stem uses the soundfont."),
+    dry: bool = typer.Option(False, "--dry", help="No production effects (EQ, compression, reverb, ...)."),
+) -> None:
+    """Write a MUSDB-style folder of synthetic songs (for training and testing)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from stemsplit.errors import StemsplitError
+    from stemsplit.synth import compose, vocals, write_dataset
+
+    err = Console(stderr=True)
+    for name, given, allowed in (("--style", style, compose.STYLES), ("--vocal-mode", vocal_mode, vocals.MODES)):
+        bad = [g for g in given or [] if g not in allowed]
+        if bad:
+            err.print(f"[red]error:[/red] {name} {bad[0]!r} is not one of {', '.join(allowed)}", highlight=False)
+            raise typer.Exit(2)
+    if bit_depth not in ("float", "16", "24"):
+        err.print(f"[red]error:[/red] --bit-depth {bit_depth!r} is not one of float, 16, 24", highlight=False)
+        raise typer.Exit(2)
+    options: dict = {"production": not dry}
+    if style:
+        options["styles"] = style
+    if vocal_mode:
+        options["vocal_modes"] = vocal_mode
+    if soundfont:
+        options.update(soundfont=soundfont, soundfont_share=soundfont_share)
+    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("songs", total=songs)
+        try:
+            folders = write_dataset(out_dir, songs, seconds, seed, samplerate, channels=channels,
+                                    bit_depth=bit_depth, progress=lambda done, total: bar.update(task, completed=done),
+                                    **options)
+        except StemsplitError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    Console().print(f"wrote {len(folders)} songs of {seconds:g} s to {out_dir}", highlight=False)
+
+
+# ---- train / evaluate (issue 5, hidden) --------------------------------------------------------
+
+
+def _train_fail(exc: Exception, code: int) -> "typer.Exit":
+    """One red line on stderr for an error the user caused, and the exit code to leave with."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+@app.command(hidden=True)
+def train(
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file with any TrainConfig keys; flags override it."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints, state.pt, log.jsonl."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Demucs, HDemucs or HTDemucs."),
+    kw: List[str] = typer.Option([], "--kw", help="Model kwarg KEY=VALUE (YAML value), repeatable: --kw channels=32."),
+    init: Optional[str] = typer.Option(None, "--init", help="Fine-tune from this model (name or file)."),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--no-freeze-encoder"),
+    musdb: Optional[str] = typer.Option(None, "--musdb", help="MUSDB-style root (train/, valid/) or a folder of tracks."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation folder of tracks."),
+    musdb_weight: Optional[float] = typer.Option(None, "--musdb-weight"),
+    synth_weight: Optional[float] = typer.Option(None, "--synth-weight", help="Weight of on-the-fly synthetic songs."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Excerpt seconds (default: the model's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (0: main process)."),
+    valid_excerpts: Optional[int] = typer.Option(None, "--valid-excerpts"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, plateau or constant."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps."),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Max gradient norm (0: off)."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of weights (0: off), e.g. 0.999."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="l1 or mse."),
+    stft_weight: Optional[float] = typer.Option(None, "--stft-weight", help="Weight of the multi-resolution STFT loss."),
+    source_weight: List[str] = typer.Option([], "--source-weight", help="SOURCE=WEIGHT, repeatable."),
+    remix: Optional[bool] = typer.Option(None, "--remix/--no-remix"),
+    gain: Optional[bool] = typer.Option(None, "--gain/--no-gain"),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip"),
+    swap: Optional[bool] = typer.Option(None, "--swap/--no-swap"),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Max per-source time shift in seconds (0: off)."),
+    pitch: Optional[int] = typer.Option(None, "--pitch", help="Max pitch shift in semitones (0: off)."),
+    tempo: Optional[float] = typer.Option(None, "--tempo", help="Max relative tempo change, e.g. 0.1 (0: off)."),
+    noise: Optional[bool] = typer.Option(None, "--noise/--no-noise", help="Add noise to the 'other' stem."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1..."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16 or fp32."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every"),
+    valid_every: Optional[int] = typer.Option(None, "--valid-every"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/state.pt."),
+) -> None:
+    """Train a separation model (hidden; see the README's advanced section)."""
+    from stemsplit.errors import StemsplitError
+    from stemsplit.train.config import ConfigError, load_yaml, make_config, parse_assignments
+
+    try:
+        values = load_yaml(config) if config else {}
+        aug = dict(values.pop("augment", None) or {})
+        flags = {
+            "out_dir": out, "architecture": arch, "init": init, "freeze_encoder": freeze_encoder, "musdb": musdb,
+            "valid": valid, "musdb_weight": musdb_weight, "synth_weight": synth_weight, "segment": segment,
+            "batch_size": batch_size, "num_workers": workers, "valid_excerpts": valid_excerpts, "steps": steps,
+            "lr": lr, "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup,
+            "clip_grad": clip_grad, "ema_decay": ema, "loss": loss, "stft_weight": stft_weight, "device": device,
+            "precision": precision, "threads": threads, "seed": seed, "checkpoint_every": checkpoint_every,
+            "valid_every": valid_every, "resume": resume,
+        }
+        values.update({k: v for k, v in flags.items() if v is not None})
+        aug_flags = {"remix": remix, "gain": gain, "flip": flip, "swap": swap, "shift": shift, "pitch": pitch,
+                     "tempo": tempo, "noise": noise}
+        aug.update({k: v for k, v in aug_flags.items() if v is not None})
+        values["augment"] = aug
+        if kw:
+            values["model_kwargs"] = {**(values.get("model_kwargs") or {}), **parse_assignments(kw, "--kw")}
+        if source_weight:
+            values["source_weights"] = {**(values.get("source_weights") or {}),
+                                        **parse_assignments(source_weight, "--source-weight")}
+        cfg = make_config(values, config or "flags")
+    except ConfigError as exc:
+        raise _train_fail(exc, 2) from None
+
+    import os
+
+    from stemsplit.train.trainer import train as run_training
+
+    try:
+        best = run_training(cfg, progress=_TrainProgress())
+    except ConfigError as exc:
+        raise _train_fail(exc, 2) from None
+    except StemsplitError as exc:
+        raise _train_fail(exc, 1) from None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        from rich.console import Console
+
+        Console().print(f"best checkpoint: {best}", highlight=False)
+
+
+class _TrainProgress:
+    """Renders trainer events: a live bar with loss and throughput, one line per validation."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, record: dict) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        event = record["event"]
+        if event == "step":
+            if self.bar is None:
+                self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"), console=self.console)
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=record["steps"], completed=record["step"] - 1, info="")
+            info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s"
+            self.bar.update(self.task, completed=record["step"], info=info)
+            if record["step"] >= record["steps"]:
+                self.bar.stop()
+        elif event == "valid":
+            scores = "  ".join(f"{k} {v:.2f}" for k, v in record["usdr"].items())
+            self.console.print(f"step {record['step']} valid uSDR (dB): {scores}", highlight=False)
+
+
+@app.command(hidden=True)
+def evaluate(
+    folder: str = typer.Argument(..., help="Folder of track folders, each with mixture + one file per source."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default: the embedded model)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Checkpoint file to evaluate."),
+    tracks: List[str] = typer.Option([], "--tracks", help="Only these track folders (repeatable or comma-separated)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write all scores to this JSON file."),
+    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write all scores to this CSV file."),
+    bss: bool = typer.Option(True, "--bss/--no-bss", help="Also compute BSSEval v4 SDR/ISR/SIR/SAR (slower)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per segment (default: the model's)."),
+    overlap: float = typer.Option(0.25, "--overlap"),
+    shifts: int = typer.Option(0, "--shifts"),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+) -> None:
+    """Score a model on a MUSDB-style folder (hidden; see the README's advanced section)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import torch
+
+    from stemsplit.catalog import load_model
+    from stemsplit.errors import StemsplitError
+    from stemsplit.evaluate import evaluate as run_evaluation
+
+    if model is not None and model_path is not None:
+        raise _train_fail(ValueError("give --model or --model-path, not both"), 2)
+    if threads:
+        torch.set_num_threads(threads)
+    console = Console()
+    names = [n for item in tracks for n in item.split(",") if n] or None
+
+    status = console.status("")
+
+    def show(record: dict) -> None:
+        if record["event"] == "track":
+            status.update(f"{record['index'] + 1}/{record['total']} {record['name']}: separating and scoring")
+            status.start()
+            return
+        status.stop()
+        table = Table(title=f"{record['index'] + 1}/{record['total']} {record['name']}", title_justify="left")
+        table.add_column("source")
+        for metric in result_metrics:
+            table.add_column(metric, justify="right")
+        for source, scores in record["scores"].items():
+            table.add_row(source, *(_score_cell(scores[m]) for m in result_metrics))
+        console.print(table)
+
+    result_metrics = ("usdr", "si_sdr", "sdr", "isr", "sir", "sar") if bss else ("usdr", "si_sdr")
+    try:
+        chosen = load_model(model_path if model_path is not None else model)
+        result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
+                                overlap=overlap, shifts=shifts, batch_size=batch_size)
+        if json_out:
+            result.write_json(json_out)
+        if csv_out:
+            result.write_csv(csv_out)
+    except StemsplitError as exc:
+        raise _train_fail(exc, 1) from None
+    finally:
+        status.stop()
+    table = Table(title=f"aggregate over {len(result.tracks)} track(s) (dB)", title_justify="left")
+    table.add_column("source")
+    table.add_column("")
+    for metric in result.metrics:
+        table.add_column(metric, justify="right")
+    for source, per_metric in result.aggregate().items():
+        for stat in ("mean", "median"):
+            table.add_row(source if stat == "mean" else "", stat,
+                          *(_score_cell(per_metric[m][stat]) for m in result.metrics))
+    console.print(table)
+
+
+def _score_cell(value: float) -> str:
+    """A score for a table: 2 decimals, '-' when undefined (silent reference), 'inf' for perfect."""
+    return "-" if value != value else f"{value:.2f}"
+
+
+def main() -> Any:
+    """Console-script entry point."""
+    return app()

@@ -1,0 +1,151 @@
+"""Scoring a model over a MUSDB-style folder of tracks.
+
+Owns: finding and checking evaluation tracks (mixture + one reference file per model source),
+separating each mixture with a `Separator`, scoring every source with `metrics` (uSDR, SI-SDR and,
+unless switched off, BSSEval v4 SDR/ISR/SIR/SAR as per-track frame medians), aggregating over
+tracks (mean and median per source, skipping tracks where a score is undefined), and writing the
+results as JSON or CSV. Scores are computed on CPU in float64, so they do not depend on the device
+the model ran on beyond the model's own float32 arithmetic.
+Must not: print or render tables (cli.py does), or load models by name (the caller passes one).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from stemsplit.errors import DataError
+from stemsplit.train.data import Track, scan_folder
+
+FAST_METRICS = ("usdr", "si_sdr")
+BSS_METRICS = ("sdr", "isr", "sir", "sar")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Evaluation:
+    """Per-track scores {track: {source: {metric: value}}} (NaN: undefined) and their aggregate."""
+
+    metrics: tuple[str, ...]
+    sources: list[str]
+    tracks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def aggregate(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{source: {metric: {"mean": m, "median": md}}} over tracks, ignoring undefined scores."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for source in self.sources:
+            out[source] = {}
+            for metric in self.metrics:
+                values = torch.tensor([t[source][metric] for t in self.tracks.values()], dtype=torch.float64)
+                values = values[~values.isnan()]
+                if values.numel() == 0:
+                    out[source][metric] = {"mean": math.nan, "median": math.nan}
+                    continue
+                # The median of an even count is the mean of the two middle values (numpy's convention).
+                ordered = values.sort().values
+                mid = ordered.numel() // 2
+                median = ordered[mid] if ordered.numel() % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+                out[source][metric] = {"mean": float(values.mean()), "median": float(median)}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (undefined scores become null)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        return {"metrics": list(self.metrics), "sources": self.sources, "tracks": clean(self.tracks),
+                "aggregate": clean(self.aggregate())}
+
+    def write_json(self, path: Path) -> None:
+        _atomic_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+
+    def write_csv(self, path: Path) -> None:
+        """One row per (track, source) and one per aggregate statistic; empty cells are undefined."""
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["track", "source", *self.metrics])
+
+        def cell(value: float) -> str:
+            return "" if math.isnan(value) else f"{value:.4f}"
+
+        for name, scores in self.tracks.items():
+            for source in self.sources:
+                writer.writerow([name, source, *(cell(scores[source][m]) for m in self.metrics)])
+        for stat in ("mean", "median"):
+            for source, per_metric in self.aggregate().items():
+                writer.writerow([f"<{stat}>", source, *(cell(per_metric[m][stat]) for m in self.metrics)])
+        _atomic_text(Path(path), buffer.getvalue())
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def find_tracks(root: Path, sources: Sequence[str], names: Optional[Sequence[str]] = None) -> list[Track]:
+    """Check every track folder (mixture + each source, same rate/length/channels) before any work."""
+    return scan_folder(Path(root), ["mixture", *sources], None, names)
+
+
+def score_track(ref: torch.Tensor, est: torch.Tensor, samplerate: int, bss: bool = True) -> dict[str, list[float]]:
+    """All metrics for one track: ref, est (S, C, T) -> {metric: [value per source]}."""
+    from stemsplit import metrics
+
+    values: dict[str, torch.Tensor] = {"usdr": metrics.usdr(ref, est), "si_sdr": metrics.si_sdr(ref, est)}
+    if bss:
+        frames = metrics.bss_eval(ref, est, samplerate)
+        values.update({name: metrics.frame_median(v) for name, v in frames.items()})
+    return {name: [float(x) for x in v] for name, v in values.items()}
+
+
+def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[str]] = None, bss: bool = True,
+             progress: Optional[Progress] = None, **separator: Any) -> Evaluation:
+    """Separate and score every (or each named) track under `root` with `model`.
+
+    `separator` holds Separator options (device, segment, overlap, shifts, batch_size).
+    """
+    from stemsplit.audio import read_audio
+    from stemsplit.separate import Separator
+
+    sources = list(model.sources)
+    checked = find_tracks(root, sources, tracks)
+    runner = Separator(model, **separator)
+    result = Evaluation(FAST_METRICS + (BSS_METRICS if bss else ()), sources)
+    rate, channels = int(model.samplerate), int(model.audio_channels)
+    for index, track in enumerate(checked):
+        if progress is not None:
+            progress({"event": "track", "index": index, "total": len(checked), "name": track.name})
+        mix, _ = read_audio(track.files["mixture"], rate, channels)
+        refs = torch.stack([read_audio(track.files[s], rate, channels)[0] for s in sources])
+        if refs.shape[-1] != mix.shape[-1]:
+            raise DataError(f"{track.files['mixture']}: length differs from its stems after resampling")
+        with torch.no_grad():
+            est = runner.separate_tensor(mix)
+        per_metric = score_track(refs, est, rate, bss)
+        result.tracks[track.name] = {
+            source: {metric: per_metric[metric][i] for metric in result.metrics} for i, source in enumerate(sources)}
+        if progress is not None:
+            progress({"event": "scored", "index": index, "total": len(checked), "name": track.name,
+                      "scores": result.tracks[track.name]})
+    return result

@@ -1,0 +1,202 @@
+"""From one input file to stem files on disk, with bounded memory.
+
+Owns the per-track pipeline the command line runs: decode, separate as a stream, turn mono back
+into mono, build `no_STEM` for two-stem output, resample back to the input's rate block by block,
+prevent clipping, and encode every stem atomically (all stems of a track appear together, or none
+does). With `clip="rescale"` the loudest sample is only known at the end, so stems are first
+spooled as raw float32 next to their targets and encoded in a second pass.
+
+It must not print, parse options or choose file names (cli.py does), nor know how segments are
+computed (separate.py does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from stemsplit.audio import AudioWriter, StreamResampler, load_audio, temp_path_for, write_error
+from stemsplit.errors import ModelError
+from stemsplit.separate import Separator
+
+CLIP_MODES = ("rescale", "clamp", "none")
+_SPOOL_READ_FRAMES = 1 << 18
+
+
+@dataclass
+class OutputOptions:
+    """How stems are written. `keep_samplerate=False` writes at the model's rate."""
+
+    fmt: str = "wav"
+    bit_depth: int = 16
+    mp3_bitrate: int = 320
+    clip: str = "rescale"
+    keep_samplerate: bool = True
+
+
+@dataclass
+class TrackResult:
+    """What separating one file produced."""
+
+    outputs: dict[str, Path]
+    duration: float  # seconds of audio
+    samplerate: int  # rate of the written stems
+    scale: float = 1.0  # factor applied by clip="rescale" (1.0 when nothing was too loud)
+
+
+def output_stems(sources: Sequence[str], stems: Optional[Sequence[str]], two_stems: Optional[str]) -> list[str]:
+    """Names of the files a track produces; ModelError for stems the model does not have."""
+    if two_stems is not None:
+        if stems:
+            raise ModelError("--stems and --two-stems cannot be combined")
+        if two_stems not in sources:
+            raise ModelError(f"unknown stem {two_stems!r}; this model has {', '.join(sources)}")
+        return [two_stems, f"no_{two_stems}"]
+    if not stems:
+        return list(sources)
+    unknown = [s for s in stems if s not in sources]
+    if unknown:
+        raise ModelError(f"unknown stem(s) {', '.join(unknown)}; this model has {', '.join(sources)}")
+    return list(dict.fromkeys(stems))
+
+
+class _Spool:
+    """Raw float32 frames in a hidden file next to the final output (for two-pass rescaling)."""
+
+    def __init__(self, target: Path, channels: int) -> None:
+        self.target, self.channels = target, channels
+        self.path = temp_path_for(target)
+        self._handle = open(self.path, "wb")
+
+    def write(self, block: torch.Tensor) -> None:
+        try:
+            self._handle.write(block.T.contiguous().numpy().astype("<f4", copy=False).tobytes())
+        except OSError as exc:
+            raise write_error(self.target, exc) from None
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+        except OSError as exc:
+            raise write_error(self.target, exc) from None
+
+    def blocks(self) -> Iterator[torch.Tensor]:
+        """Read the spooled frames back as `(channels, n)` tensors."""
+        frame = 4 * self.channels
+        with open(self.path, "rb") as handle:
+            while True:
+                data = handle.read(_SPOOL_READ_FRAMES * frame)
+                if not data:
+                    break
+                yield torch.from_numpy(np.frombuffer(data, dtype="<f4").reshape(-1, self.channels).T.copy())
+
+    def discard(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def separate_file(
+    path: Union[str, Path],
+    separator: Separator,
+    targets: dict[str, Path],
+    options: OutputOptions,
+    two_stems: Optional[str] = None,
+    on_start: Optional[Callable[[float], None]] = None,
+) -> TrackResult:
+    """Separate `path` and write one file per entry of `targets` (`{stem: final path}`).
+
+    Keys of `targets` are model sources, or `STEM` and `no_STEM` with `two_stems=STEM`. Nothing
+    appears at any final path unless every stem was written completely. `on_start` receives the
+    track's duration in seconds once it is decoded.
+    """
+    if options.clip not in CLIP_MODES:
+        raise ValueError(f"unknown clip mode {options.clip!r}")
+    path = Path(path)
+    wanted = [two_stems] if two_stems is not None else [s for s in targets]
+    keep_native = two_stems is not None and options.keep_samplerate
+    loaded = load_audio(path, separator.samplerate, separator.audio_channels, keep_native=keep_native)
+    if on_start is not None:
+        on_start(loaded.wav.shape[-1] / separator.samplerate)
+    out_rate = loaded.native_samplerate if options.keep_samplerate else separator.samplerate
+    mono = loaded.native_channels == 1
+    channels = 1 if mono else separator.audio_channels
+    if two_stems is not None:
+        mixture = loaded.native if (loaded.native is not None and out_rate != separator.samplerate) else loaded.wav
+        if mono:
+            mixture = mixture[:1] if mixture.shape[0] > 1 else mixture
+    names = list(targets)
+    spooled = options.clip == "rescale"
+    opened: list = []  # every spool and writer created, so that any failure can remove them all
+
+    def writer_for(name: str) -> AudioWriter:
+        writer = AudioWriter(targets[name], out_rate, channels, bit_depth=options.bit_depth, fmt=options.fmt,
+                             mp3_bitrate=options.mp3_bitrate)
+        opened.append(writer)
+        return writer
+
+    try:
+        sinks: list = []
+        for name in names:
+            if spooled:
+                sinks.append(_Spool(targets[name], channels))
+                opened.append(sinks[-1])
+            else:
+                sinks.append(writer_for(name))
+        resampler = StreamResampler(separator.samplerate, out_rate)
+        written = 0
+        peak = 0.0
+
+        def emit(block: torch.Tensor) -> None:
+            """Write `(stems, channels, n)` at the output rate to the sinks."""
+            nonlocal written, peak
+            n = block.shape[-1]
+            if n == 0:
+                return
+            if two_stems is not None:
+                rest = mixture[:, written : written + n] - block[0]
+                block = torch.stack([block[0], rest])
+            if options.clip == "clamp":
+                block = block.clamp(-1.0, 1.0)
+            peak = max(peak, float(block.abs().max()))
+            for sink, stem in zip(sinks, block):
+                sink.write(stem)
+            written += n
+
+        stems_count = len(wanted)
+        for _, block in separator.stream(loaded.wav, wanted):
+            if mono:
+                block = block.mean(1, keepdim=True)
+            emit(resampler.push(block.flatten(0, 1)).unflatten(0, (stems_count, channels)))
+        emit(resampler.flush().reshape(stems_count, channels, -1))
+        if out_rate == loaded.native_samplerate and written < loaded.native_frames:
+            # resampling there and back can lose the last input sample: keep the input's length
+            emit(torch.zeros(stems_count, channels, loaded.native_frames - written))
+
+        scale = 1.0
+        writers = sinks
+        if spooled:
+            scale = 1.0 / max(1.01 * peak, 1.0)
+            writers = []
+            for name, spool in zip(names, sinks):
+                spool.close()
+                writer = writer_for(name)
+                for block in spool.blocks():
+                    writer.write(block * scale if scale != 1.0 else block)
+                writer.close()
+                spool.discard()
+                writers.append(writer)
+        for writer in writers:
+            writer.close()
+        for writer in writers:
+            writer.commit()
+    except BaseException:
+        for item in opened:
+            item.abort() if isinstance(item, AudioWriter) else item.discard()
+        raise
+    return TrackResult(
+        outputs=dict(targets), duration=loaded.wav.shape[-1] / separator.samplerate, samplerate=out_rate, scale=scale
+    )

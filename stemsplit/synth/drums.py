@@ -1,0 +1,383 @@
+"""The drums stem: kit synthesis (electronic, acoustic-like, sampled/lo-fi) and genre patterns.
+
+Owns the drum kit one-shots (each piece rendered once per song in a few round-robin variants,
+as a sampled kit would play them), the per-style groove writer with fills and crashes, and the
+placement of hits into a stereo track. It must not apply stem-level production (effects.py) nor
+decide song structure (compose.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from stemsplit.synth import dsp
+from stemsplit.synth.compose import Note, Plan, humanize
+
+F32 = np.float32
+KIT_KINDS = ("electronic", "acoustic", "sampled", "808")
+TOMS = ("tom_hi", "tom_mid", "tom_lo")
+
+
+# ---- kit pieces ------------------------------------------------------------------------------
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_normal(n).astype(F32)
+
+
+def _kick(rng: np.random.Generator, sr: int, kind: str) -> np.ndarray:
+    dur = rng.uniform(0.25, 0.7) if kind != "808" else rng.uniform(0.6, 1.4)
+    n = int(dur * sr)
+    f_end = rng.uniform(38, 62)
+    f_start = f_end * rng.uniform(2.0, 5.0)
+    sweep = rng.uniform(0.015, 0.06)
+    t = np.arange(n, dtype=np.float64) / sr
+    freq = f_end + (f_start - f_end) * np.exp(-t / sweep)
+    body = dsp.sine(dsp.phase_from_freq(freq, n, sr)) * dsp.exp_decay(n, sr, dur / rng.uniform(2.5, 5))
+    click_n = int(0.006 * sr)
+    click = dsp.highpass(_noise(rng, click_n), rng.uniform(1500, 5000), sr) * dsp.exp_decay(click_n, sr, 0.0015)
+    body[:click_n] += click * F32(rng.uniform(0.1, 0.6))
+    if kind == "acoustic":
+        beater = dsp.bandpass(_noise(rng, n), 80, 900, sr) * dsp.exp_decay(n, sr, 0.03)
+        body += beater * F32(rng.uniform(0.2, 0.5))
+    if kind in ("808", "sampled") and rng.random() < 0.6:
+        body = dsp.soft_clip(body, rng.uniform(1.5, 4.0))
+    return body
+
+
+def _snare(rng: np.random.Generator, sr: int, kind: str) -> np.ndarray:
+    n = int(rng.uniform(0.18, 0.45) * sr)
+    f1 = rng.uniform(160, 250)
+    tone = (dsp.sine(dsp.phase_from_freq(f1, n, sr)) + 0.6 * dsp.sine(dsp.phase_from_freq(f1 * 1.59, n, sr)))
+    tone *= dsp.exp_decay(n, sr, rng.uniform(0.03, 0.09))
+    lo, hi = rng.uniform(800, 2500), rng.uniform(6000, 12000)
+    wires = dsp.bandpass(_noise(rng, n), lo, hi, sr) * dsp.exp_decay(n, sr, rng.uniform(0.05, 0.16))
+    mix = tone * F32(rng.uniform(0.3, 0.8)) + wires * F32(rng.uniform(0.6, 1.2))
+    if kind == "acoustic":
+        mix = mix + dsp.resonator(_noise(rng, n), rng.uniform(300, 600), 8, sr) * dsp.exp_decay(n, sr, 0.12) * 0.3
+    return mix
+
+
+def _clap(rng: np.random.Generator, sr: int) -> np.ndarray:
+    n = int(rng.uniform(0.2, 0.4) * sr)
+    env = np.zeros(n, dtype=F32)
+    gap = rng.uniform(0.007, 0.013)
+    for k in range(int(rng.integers(3, 5))):
+        s = int(k * gap * sr)
+        env[s:] += dsp.exp_decay(n - s, sr, 0.004 if k < 3 else rng.uniform(0.04, 0.1))
+    return dsp.bandpass(_noise(rng, n), rng.uniform(700, 1300), rng.uniform(2500, 6000), sr) * env
+
+
+def _metal(rng: np.random.Generator, n: int, sr: int, base: float) -> np.ndarray:
+    """The classic six detuned square waves, the metallic core of hats and cymbals."""
+    ratios = np.array([1.0, 1.4829, 1.8003, 2.5461, 2.6303, 3.8966]) * base
+    ratios *= rng.uniform(0.97, 1.03, size=6)
+    t = np.arange(n, dtype=np.float64) / sr
+    out = np.zeros(n, dtype=F32)
+    for f in ratios:
+        out += ((t * f + rng.random()) % 1.0 < 0.5).astype(F32)
+    return (out - F32(3.0)) / F32(3.0)
+
+
+def _hat(rng: np.random.Generator, sr: int, decay: float, kind: str) -> np.ndarray:
+    n = int(max(decay * 5, 0.05) * sr)
+    metal = _metal(rng, n, sr, rng.uniform(280, 420))
+    src = metal * F32(rng.uniform(0.3, 1.0)) + _noise(rng, n) * F32(rng.uniform(0.3, 1.0))
+    out = dsp.highpass(src, rng.uniform(6000, 9000) if kind != "sampled" else rng.uniform(4000, 7000), sr, 4)
+    return out * dsp.exp_decay(n, sr, decay)
+
+
+def _cymbal(rng: np.random.Generator, sr: int, decay: float, bell: bool) -> np.ndarray:
+    n = int(min(decay * 3.5, 2.5) * sr)
+    src = _metal(rng, n, sr, rng.uniform(300, 500)) * 0.8 + _noise(rng, n)
+    out = dsp.highpass(src, rng.uniform(3000, 6000), sr, 2)
+    out *= dsp.exp_decay(n, sr, decay)
+    if bell:
+        ping = sum(dsp.sine(dsp.phase_from_freq(f, n, sr)) for f in rng.uniform(700, 3000, size=3))
+        out += ping * dsp.exp_decay(n, sr, decay * 0.5) * F32(0.25)
+    attack = int(0.002 * sr)
+    out[:attack] *= np.linspace(0, 1, attack, dtype=F32)
+    return out
+
+
+def _tom(rng: np.random.Generator, sr: int, freq: float) -> np.ndarray:
+    n = int(rng.uniform(0.3, 0.7) * sr)
+    t = np.arange(n, dtype=np.float64) / sr
+    f = freq * (1.0 + 0.4 * np.exp(-t / 0.02))
+    body = dsp.sine(dsp.phase_from_freq(f, n, sr)) + 0.3 * dsp.sine(dsp.phase_from_freq(f * 1.5, n, sr))
+    body *= dsp.exp_decay(n, sr, rng.uniform(0.12, 0.3))
+    hit = dsp.bandpass(_noise(rng, n), 200, 3000, sr) * dsp.exp_decay(n, sr, 0.01)
+    return body + hit * F32(0.4)
+
+
+def _perc(rng: np.random.Generator, sr: int, piece: str) -> np.ndarray:
+    if piece == "shaker":
+        n = int(0.09 * sr)
+        env = np.sin(np.linspace(0, np.pi, n, dtype=F32)) ** 2
+        return dsp.highpass(_noise(rng, n), rng.uniform(5000, 8000), sr, 2) * env * 0.5
+    if piece == "tambourine":
+        n = int(0.25 * sr)
+        return dsp.highpass(_metal(rng, n, sr, rng.uniform(800, 1200)) + _noise(rng, n) * 0.5,
+                            6000, sr) * dsp.exp_decay(n, sr, 0.06)
+    if piece == "cowbell":
+        n = int(0.3 * sr)
+        f = rng.uniform(520, 600)
+        tone = np.sign(dsp.sine(dsp.phase_from_freq(f, n, sr))) + np.sign(dsp.sine(dsp.phase_from_freq(f * 1.48, n, sr)))
+        return dsp.bandpass(tone.astype(F32), 400, 3000, sr) * dsp.exp_decay(n, sr, 0.07) * 0.5
+    if piece in ("conga", "bongo"):
+        n = int(0.25 * sr)
+        f = rng.uniform(180, 260) if piece == "conga" else rng.uniform(300, 450)
+        t = np.arange(n, dtype=np.float64) / sr
+        return dsp.sine(dsp.phase_from_freq(f * (1 + 0.15 * np.exp(-t / 0.01)), n, sr)) * dsp.exp_decay(n, sr, 0.06)
+    if piece == "rim":
+        n = int(0.06 * sr)
+        return (dsp.resonator(_noise(rng, n), rng.uniform(1500, 2500), 12, sr) * 3
+                + dsp.sine(dsp.phase_from_freq(rng.uniform(400, 900), n, sr)) * 0.5) * dsp.exp_decay(n, sr, 0.01)
+    n = int(0.08 * sr)  # clave / woodblock
+    return dsp.sine(dsp.phase_from_freq(rng.uniform(1800, 2600), n, sr)) * dsp.exp_decay(n, sr, 0.015)
+
+
+PERCUSSION = ("shaker", "tambourine", "cowbell", "conga", "bongo", "rim", "clave")
+
+
+def make_kit(rng: np.random.Generator, sr: int, kind: str) -> dict[str, list[np.ndarray]]:
+    """A drum kit: each piece as 2-3 slightly different one-shots (round-robin samples)."""
+    toms = sorted(rng.uniform(80, 260, size=3), reverse=True)
+    open_decay = rng.uniform(0.15, 0.5)
+    builders = {
+        "kick": lambda r: _kick(r, sr, kind),
+        "snare": lambda r: _snare(r, sr, kind),
+        "clap": lambda r: _clap(r, sr),
+        "hat_closed": lambda r: _hat(r, sr, r.uniform(0.015, 0.05), kind),
+        "hat_pedal": lambda r: _hat(r, sr, 0.02, kind) * 0.6,
+        "hat_open": lambda r: _hat(r, sr, open_decay, kind),
+        "ride": lambda r: _cymbal(r, sr, r.uniform(0.6, 1.5), bell=True),
+        "crash": lambda r: _cymbal(r, sr, r.uniform(0.9, 2.2), bell=False),
+        "tom_hi": lambda r: _tom(r, sr, toms[0]),
+        "tom_mid": lambda r: _tom(r, sr, toms[1]),
+        "tom_lo": lambda r: _tom(r, sr, toms[2]),
+    }
+    for p in PERCUSSION:
+        builders[p] = lambda r, p=p: _perc(r, sr, p)
+    kit: dict[str, list[np.ndarray]] = {}
+    for piece, build in builders.items():
+        seed = int(rng.integers(2**62))
+        variants = []
+        for v in range(2 if piece in ("crash", "ride") else 3):
+            sample = build(np.random.default_rng([seed, v]))
+            if kind == "sampled":
+                sample = _lofi(sample, sr, seed)
+            peak = float(np.max(np.abs(sample))) or 1.0
+            variants.append(dsp.fade(sample / F32(peak), sr, 0.0, 0.01))
+        kit[piece] = variants
+    return kit
+
+
+def _lofi(x: np.ndarray, sr: int, seed: int) -> np.ndarray:
+    """A sampled-from-vinyl character: band-limited, bit-reduced, a little saturated."""
+    rng = np.random.default_rng(seed)
+    x = dsp.lowpass(x, rng.uniform(5000, 11000), sr)
+    steps = F32(2 ** rng.integers(7, 11))
+    return dsp.soft_clip(np.round(x * steps) / steps, 1.5)
+
+
+# ---- patterns -------------------------------------------------------------------------------
+
+def _groove(rng: np.random.Generator, plan: Plan, intensity: float) -> list[tuple[str, float, float]]:
+    """One bar of (piece, step, velocity) for the song's style, meter and a section intensity."""
+    steps = plan.steps_per_bar
+    style = plan.style
+    hits: list[tuple[str, float, float]] = []
+    add = hits.append
+    if plan.meter != "4/4":
+        pulse = [0, 6] if plan.meter == "6/8" else [0, 4, 8]
+        add(("kick", 0, 1.0))
+        for b in pulse[1:]:
+            add(("snare" if plan.meter == "6/8" or rng.random() < 0.5 else "hat_pedal", b, 0.8))
+        if rng.random() < 0.4:
+            add(("kick", pulse[-1] + (2 if plan.meter == "3/4" else 4), 0.7))
+        cym = "ride" if (style == "jazz" or rng.random() < 0.3) else "hat_closed"
+        for s in range(0, steps, 2):
+            add((cym, s, 0.7 if s in pulse else 0.45))
+        return hits
+    timekeeper = "ride" if (style == "jazz" or (intensity > 0.75 and rng.random() < 0.35)) else "hat_closed"
+    if style == "jazz":
+        for s in (0, 4, 6, 8, 12, 14):
+            add(("ride", s, 0.8 if s in (4, 12) else 0.6))
+        add(("hat_pedal", 4, 0.6))
+        add(("hat_pedal", 12, 0.6))
+        for s in range(0, 16, 4):
+            add(("kick", s, 0.25))
+        for s in rng.choice(16, size=int(rng.integers(1, 4)), replace=False):
+            add(("snare", float(s), rng.uniform(0.25, 0.55)))
+        return hits
+    if style in ("electronic",):
+        for s in (0, 4, 8, 12):
+            add(("kick", s, 1.0))
+        for s in (4, 12):
+            add(("clap" if rng.random() < 0.7 else "snare", s, 0.9))
+        for s in (2, 6, 10, 14):
+            add(("hat_open", s, 0.7))
+        if intensity > 0.5:
+            for s in range(0, 16):
+                add(("hat_closed", s, 0.35 + 0.2 * (s % 2 == 0)))
+        return hits
+    if style == "trap":
+        for s in (0, int(rng.choice([6, 7])), 10 + int(rng.integers(2))):
+            add(("kick", s, 1.0))
+        add(("clap", 8, 0.95))
+        s = 0.0
+        while s < 16:
+            if rng.random() < 0.15:
+                roll = float(rng.choice([1 / 3, 0.5, 0.25]))
+                for k in range(int(2 / roll)):
+                    add(("hat_closed", s + k * roll, 0.4 + 0.3 * k * roll / 2))
+                s += 2
+            else:
+                add(("hat_closed", s, 0.6 if s % 4 == 0 else 0.45))
+                s += 2 if rng.random() < 0.6 else 1
+        return hits
+    if style == "reggae":
+        add(("kick", 8, 1.0))
+        add(("rim" if rng.random() < 0.6 else "snare", 8, 0.8))
+        for s in range(0, 16, 2):
+            add(("hat_closed", s, 0.5 if s % 4 else 0.35))
+        return hits
+    if style == "metal":
+        kick_steps = range(0, 16, 1 if intensity > 0.6 else 2)
+        for s in kick_steps:
+            add(("kick", s, 0.85))
+        for s in (4, 12):
+            add(("snare", s, 1.0))
+        for s in range(0, 16, 4 if intensity > 0.6 else 2):
+            add(("crash" if intensity > 0.8 and s % 8 == 0 else timekeeper, s, 0.7))
+        return hits
+    # rock, pop, funk, hiphop, ballad, folk: backbeat families with style-dependent density
+    half_time = style == "ballad" and rng.random() < 0.5
+    add(("kick", 0, 1.0))
+    kicks = {"rock": [8, 10, 6, 14], "pop": [8, 6, 10, 11], "funk": [3, 6, 10, 11, 14],
+             "hiphop": [7, 10, 11, 3, 14], "ballad": [8, 10], "folk": [8, 6]}.get(style, [8])
+    n_extra = int(np.clip(rng.normal(1.5 + 1.5 * intensity, 0.8), 0, len(kicks)))
+    for s in kicks[:max(n_extra, 1)]:
+        add(("kick", s, rng.uniform(0.75, 0.95)))
+    back = "clap" if (style in ("pop", "hiphop") and rng.random() < 0.35) else "snare"
+    if style == "ballad" and intensity < 0.5 and rng.random() < 0.6:
+        back = "rim"
+    for s in ((8,) if half_time else (4, 12)):
+        add((back, s, 0.95))
+    if style in ("funk", "hiphop") or rng.random() < 0.2:
+        for s in rng.choice([1, 3, 5, 7, 9, 11, 13, 15, 2, 14], size=int(rng.integers(1, 5)), replace=False):
+            add(("snare", float(s), rng.uniform(0.15, 0.32)))  # ghost notes
+    density = 1 if (style == "funk" or (intensity > 0.6 and rng.random() < 0.3)) else 2
+    if style == "ballad" and intensity < 0.4:
+        density = 4
+    for s in range(0, 16, density):
+        accent = 0.75 if s % 4 == 0 else (0.55 if s % 2 == 0 else 0.38)
+        add((timekeeper, s, accent))
+    if rng.random() < 0.35:
+        open_s = float(rng.choice([6, 14, 10]))
+        hits[:] = [h for h in hits if not (h[0] == timekeeper and h[1] == open_s)]
+        add(("hat_open", open_s, 0.65))
+    if style in ("folk", "pop", "funk") and rng.random() < 0.4:
+        perc = str(rng.choice(["shaker", "tambourine", "conga", "cowbell", "bongo", "clave"]))
+        for s in range(0, 16, int(rng.choice([1, 2, 4]))):
+            if rng.random() < 0.8:
+                add((perc, s, rng.uniform(0.3, 0.6)))
+    return hits
+
+
+def _fill(rng: np.random.Generator, plan: Plan) -> tuple[float, list[tuple[str, float, float]]]:
+    """A fill over the end of a bar: returns the step where it starts and its hits."""
+    steps = plan.steps_per_bar
+    length = int(rng.choice([steps // 4, steps // 2, steps // 2, steps])) if steps == 16 else steps // 2
+    start = steps - length
+    rate = int(rng.choice([1, 2])) if length >= 4 else 1
+    seq = []
+    kind = rng.integers(3)
+    for i, s in enumerate(range(start, steps, rate)):
+        frac = i / max(length / rate, 1)
+        if kind == 0:
+            piece = "snare"
+        elif kind == 1:
+            piece = TOMS[min(int(frac * 3), 2)]
+        else:
+            piece = str(rng.choice(["snare", *TOMS]))
+        seq.append((piece, float(s), 0.5 + 0.45 * frac))
+        if rng.random() < 0.3:
+            seq.append(("kick", float(s), 0.6))
+    return float(start), seq
+
+
+def write_part(rng: np.random.Generator, plan: Plan) -> list[Note]:
+    """The drum hits of the whole song (drops out where the section says so)."""
+    notes: list[Note] = []
+    n_bars = len(plan.bars)
+    grooves: dict[int, list] = {}
+    for bar in range(n_bars):
+        sec_i = plan.section_of_bar[bar]
+        sec = plan.sections[sec_i]
+        if not sec.active["drums"]:
+            continue
+        if sec_i not in grooves:
+            grooves[sec_i] = _groove(rng, plan, sec.intensity)
+        hits = list(grooves[sec_i])
+        if rng.random() < 0.15:  # small per-bar variations keep loops alive
+            hits = _groove(rng, plan, sec.intensity)
+        last_of_section = bar == sec.start_bar + sec.bars - 1
+        if last_of_section and rng.random() < 0.7:
+            start, fill = _fill(rng, plan)
+            hits = [h for h in hits if h[1] < start or h[0] in ("kick", "hat_pedal")] + fill
+        if bar == sec.start_bar and rng.random() < 0.7 and sec.intensity > 0.4:
+            hits.append(("crash", 0.0, 0.85))
+            hits.append(("kick", 0.0, 0.9))
+        for piece, step, vel in hits:
+            t = humanize(rng, plan, plan.time(bar, step), 0.7)
+            v = float(np.clip(vel * (0.75 + 0.35 * sec.intensity) * rng.normal(1.0, 0.07), 0.05, 1.0))
+            notes.append(Note(start=t, dur=0.0, vel=v, piece=piece))
+    notes.sort(key=lambda n: n.start)
+    return notes
+
+
+def _pans(rng: np.random.Generator) -> dict[str, float]:
+    """Drummer's-view panning, mirrored half of the time."""
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    spread = rng.uniform(0.3, 1.0)
+    pans = {"kick": 0.0, "snare": 0.05 * side, "clap": 0.0, "rim": 0.05 * side,
+            "hat_closed": 0.45 * side, "hat_open": 0.45 * side, "hat_pedal": 0.45 * side,
+            "ride": -0.5 * side, "crash": 0.35 * side, "tom_hi": 0.35 * side, "tom_mid": 0.0,
+            "tom_lo": -0.45 * side}
+    for p in PERCUSSION:
+        pans[p] = float(rng.uniform(-0.7, 0.7))
+    return {k: v * spread for k, v in pans.items()}
+
+
+def render(rng: np.random.Generator, plan: Plan, sr: int, length: int) -> np.ndarray:
+    """Render the drum stem (2, length) before stem-level production."""
+    kind = KIT_KINDS[int(rng.integers(len(KIT_KINDS)))]
+    if plan.style == "trap" and rng.random() < 0.7:
+        kind = "808"
+    kit = make_kit(rng, sr, kind)
+    pans = _pans(rng)
+    gains = {p: dsp.db(rng.uniform(-3, 3)) for p in kit}
+    gains["hat_closed"] *= 0.5
+    gains["hat_open"] *= 0.5
+    gains["ride"] *= 0.45
+    gains["crash"] *= 0.5
+    for p in PERCUSSION:
+        gains[p] *= 0.5
+    notes = write_part(rng, plan)
+    out = np.zeros((2, length), dtype=F32)
+    hat_times = [n.start for n in notes if n.piece in ("hat_closed", "hat_pedal")]
+    for note in notes:
+        variants = kit[note.piece]
+        sample = variants[int(rng.integers(len(variants)))]
+        if note.piece == "hat_open":  # a closed hat chokes the ringing open one
+            later = [t for t in hat_times if t > note.start + 1e-3]
+            if later:
+                keep = int((later[0] - note.start) * sr)
+                if keep < sample.shape[0]:
+                    sample = dsp.fade(sample[:max(keep, 16)].copy(), sr, 0.0, 0.004)
+        amp = gains[note.piece] * note.vel ** 1.6
+        gl, gr = dsp.pan_gains(pans[note.piece])
+        start = int(round(note.start * sr))
+        dsp.add_at(out[0], sample * F32(amp * gl), start)
+        dsp.add_at(out[1], sample * F32(amp * gr), start)
+    return out

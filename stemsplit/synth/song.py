@@ -1,0 +1,150 @@
+"""render_song: one deterministic synthetic song as four stems and their exact mixture.
+
+Owns the orchestration (plan, parts, optional soundfont rendering, per-stem production, stem
+balance, loudness normalisation with headroom, mono/stereo) and the public options. It must not
+contain instrument or effect internals, and it never touches global random state: everything
+comes from numpy Generators seeded by the song seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from stemsplit.synth import bass, compose, drums, effects, instruments, vocals
+
+F32 = np.float32
+SOURCES = ("drums", "bass", "other", "vocals")
+
+
+def _check(seconds: float, samplerate: int, channels: int, styles, vocal_modes) -> None:
+    if not seconds > 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    if samplerate < 8000:
+        raise ValueError(f"samplerate must be at least 8000 Hz, got {samplerate}")
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
+    for s in styles or ():
+        if s not in compose.STYLES:
+            raise ValueError(f"unknown style {s!r}; choose from {', '.join(compose.STYLES)}")
+    for m in vocal_modes or ():
+        if m not in vocals.MODES:
+            raise ValueError(f"unknown vocal mode {m!r}; choose from {', '.join(vocals.MODES)}")
+
+
+def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: int = 2, *,
+                styles: Sequence[str] | None = None, vocal_modes: Sequence[str] | None = None,
+                soundfont: str | Path | None = None, soundfont_share: float = 0.5,
+                production: bool = True, excerpt: bool = False,
+                loudness: tuple[float, float] = (-24.0, -12.0)) -> dict[str, np.ndarray]:
+    """Render one synthetic song.
+
+    Returns {"drums", "bass", "other", "vocals", "mixture"} -> float32 arrays (channels, samples)
+    with `mixture` computed as the float32 sum of the four returned stems (in that order), its
+    RMS at a random level in `loudness` (dBFS) and its peak at most 1. The same arguments always
+    give bit-identical audio.
+
+    Options:
+      styles: restrict the style families (see `compose.STYLES`), e.g. to hold one out.
+      vocal_modes: restrict vocals to some of "sing", "rap", "spoken".
+      soundfont: path to a General MIDI .sf2/.sf3, or "auto" (an installed one, drawn per stem,
+        never the reserved fluid-soundfont-gm). Each of drums, bass and other is then rendered
+        through it (libfluidsynth) with probability `soundfont_share`, and a GM choir may back the
+        vocals. None (default): procedural only. DataError when libfluidsynth or the file is
+        missing. Loading a large .sf3 takes seconds once per process.
+      production: False skips EQ/compression/saturation/delay/reverb/width (a dry path).
+      excerpt: start inside a random section (as a training excerpt), rendering one second of
+        preroll so that tails of earlier notes and reverbs are present at the first sample.
+    """
+    _check(seconds, samplerate, channels, styles, vocal_modes)
+    sr = int(samplerate)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)]
+    preroll = 1.0 if excerpt else 0.0
+    plan = compose.make_plan(rngs[0], seconds, styles=tuple(styles) if styles else None,
+                             excerpt=excerpt, preroll=preroll)
+    length = int(round((seconds + preroll) * sr))
+    mode = None
+    if vocal_modes:
+        mode = str(rngs[4].choice(list(vocal_modes)))
+        if len(vocal_modes) > 1 and "rap" in vocal_modes and plan.rap:
+            mode = "rap"
+    stems: dict[str, np.ndarray | None] = {name: None for name in SOURCES}
+    if soundfont is not None:
+        from stemsplit.synth import soundfont as sf
+
+        for stem, k in (("drums", 1), ("bass", 2), ("other", 3)):
+            if rngs[k].random() < soundfont_share:
+                stems[stem] = sf.render_stem(rngs[k], plan, sr, length, stem, soundfont)
+        if rngs[6].random() < soundfont_share * 0.4:
+            choir = sf.render_stem(rngs[6], plan, sr, length, "vocals", soundfont)
+            stems["vocals"] = choir * F32(10 ** (rngs[6].uniform(-14, -6) / 20) / (_active_rms(choir, sr) + 1e-9))
+    procedural = {"drums": (drums.render, 1), "bass": (bass.render, 2), "other": (instruments.render, 3)}
+    for stem, (render, k) in procedural.items():
+        if stems[stem] is None:
+            stems[stem] = render(rngs[k], plan, sr, length)
+    sung = vocals.render(rngs[4], plan, sr, length, mode)
+    if stems["vocals"] is not None:
+        sung_rms = _active_rms(sung, sr)
+        stems["vocals"] = sung + stems["vocals"] * F32(sung_rms if sung_rms > 1e-7 else 1.0)
+    else:
+        stems["vocals"] = sung
+    mix_rng = rngs[5]
+    room = (float(mix_rng.uniform(0.3, 2.5)), float(mix_rng.uniform(0.2, 0.9)))
+    balance = {"drums": 0.0, "bass": -1.0, "other": -3.0, "vocals": 0.5}
+    start = length - int(round(seconds * sr))
+    out: dict[str, np.ndarray] = {}
+    for name in SOURCES:
+        x = stems[name]
+        if production:
+            x = effects.produce(mix_rng, x, sr, name, plan.bpm, room)
+        x = x[:, start:]
+        rms = _active_rms(x, sr)
+        gain = 10 ** ((balance[name] + mix_rng.normal(0, 3.0)) / 20) / rms if rms > 1e-7 else 0.0
+        out[name] = (x * F32(gain)).astype(F32)
+    if channels == 1:
+        out = {k: np.mean(v, axis=0, keepdims=True, dtype=F32) for k, v in out.items()}
+    return _normalise(mix_rng, out, loudness)
+
+
+def _active_rms(x: np.ndarray, sr: int) -> float:
+    """RMS over the 50 ms blocks where the stem plays (within 40 dB of its loudest block), so a
+    stem that enters late is balanced by how loud it is when it plays, not by its silence."""
+    block = max(int(0.05 * sr), 1)
+    nb = x.shape[-1] // block
+    if nb == 0:
+        return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    power = np.mean(x[:, : nb * block].astype(np.float64).reshape(x.shape[0], nb, block) ** 2, axis=(0, 2))
+    loud = power[power > power.max() * 1e-4]
+    return float(np.sqrt(np.mean(loud))) if loud.size else 0.0
+
+
+def _sum(stems: dict[str, np.ndarray]) -> np.ndarray:
+    mix = stems["drums"] + stems["bass"]
+    mix = mix + stems["other"]
+    return (mix + stems["vocals"]).astype(F32)
+
+
+def _normalise(rng: np.random.Generator, stems: dict[str, np.ndarray],
+               loudness: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Scale all stems by one gain: mixture RMS to a random level, peak below a random ceiling."""
+    mix = _sum(stems)
+    rms = float(np.sqrt(np.mean(mix.astype(np.float64) ** 2)))
+    target = 10 ** (rng.uniform(*loudness) / 20)
+    gain = target / rms if rms > 1e-9 else 1.0
+    peak = float(np.max(np.abs(mix))) * gain
+    ceiling = rng.uniform(0.7, 0.98)
+    if peak > ceiling:
+        gain *= ceiling / peak
+    out = {k: (v * F32(gain)).astype(F32) for k, v in stems.items()}
+    out["mixture"] = _sum(out)
+    peak = float(np.max(np.abs(out["mixture"])))
+    if peak > 1.0:  # float rounding can only push a hair past the ceiling; never past 1
+        out = {k: (v / F32(peak * 1.0001)).astype(F32) for k, v in out.items() if k != "mixture"}
+        out["mixture"] = _sum(out)
+    return out
+
+
+def song_seed(seed: int, index: int) -> int:
+    """The seed of song `index` in a set drawn with `seed` (well mixed, so neighbours differ)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)

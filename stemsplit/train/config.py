@@ -1,0 +1,215 @@
+"""The training configuration: one dataclass, readable from YAML, overridable from flags.
+
+Owns: every knob of a training run, their defaults, and turning a YAML mapping into a
+`TrainConfig` (unknown keys are errors, so a typo never silently trains the wrong thing).
+Must not: touch data, models or files other than the YAML it is asked to read.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from stemsplit.errors import StemsplitError
+
+DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
+
+
+class ConfigError(StemsplitError):
+    """A training configuration (YAML file or flag) is malformed or contradictory."""
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations run, and how strongly. Every one is applied to stems, before mixing."""
+
+    remix: bool = True
+    """Each source of an example is taken from a different example of the batch."""
+    gain: bool = True
+    gain_db: tuple[float, float] = (-6.0, 3.0)
+    """Per-source random gain, uniform in dB between these bounds."""
+    flip: bool = True
+    """Per-source random sign flip."""
+    swap: bool = True
+    """Per-source random left/right channel swap (stereo only)."""
+    shift: float = 0.5
+    """Per-source random time shift, up to this many seconds (0 switches it off)."""
+    pitch: int = 0
+    """Pitch shift by a whole number of semitones drawn from [-pitch, pitch] (0 switches it off)."""
+    pitch_prob: float = 0.2
+    tempo: float = 0.0
+    """Time stretch by a rate drawn from [1 - tempo, 1 + tempo] (0 switches it off)."""
+    tempo_prob: float = 0.2
+    noise: bool = False
+    """Add white noise to the `noise_source` stem, so the mixture still equals the sum of stems."""
+    noise_db: tuple[float, float] = (-40.0, -20.0)
+    """Noise level relative to the mixture's RMS, uniform in dB between these bounds."""
+    noise_prob: float = 0.5
+    noise_source: str = "other"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Paths are resolved by the caller."""
+
+    out_dir: Path = Path("runs/train")
+    # model
+    architecture: str = "HTDemucs"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: Optional[str] = None
+    """Start from this loadable model (name or file) instead of random weights."""
+    freeze_encoder: bool = False
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    samplerate: int = 44100
+    channels: int = 2
+    # data
+    musdb: Optional[Path] = None
+    """MUSDB-style root (with train/ and valid/) or a folder of track folders."""
+    valid: Optional[Path] = None
+    """Validation folder; defaults to <musdb>/valid when that exists."""
+    musdb_weight: float = 1.0
+    synth_weight: float = 0.0
+    segment: Optional[float] = None
+    """Excerpt length in seconds; defaults to the model's segment."""
+    batch_size: int = 4
+    num_workers: int = 0
+    valid_excerpts: int = 16
+    # optimisation
+    steps: int = 1000
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    """"cosine" (with linear warmup), "plateau" (reduce on validation plateau) or "constant"."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    clip_grad: float = 0.0
+    ema_decay: float = 0.0
+    # loss
+    loss: str = "l1"
+    stft_weight: float = 0.0
+    stft_ffts: tuple[int, ...] = (512, 1024, 2048)
+    source_weights: dict[str, float] = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # runtime
+    device: str = "auto"
+    precision: str = "auto"
+    """"auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"."""
+    threads: Optional[int] = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    valid_every: int = 500
+    resume: bool = False
+
+    def check(self) -> None:
+        """Reject contradictory settings before any data is read or model built."""
+        if self.musdb is None and self.synth_weight <= 0:
+            raise ConfigError("no training data: give --musdb and/or a positive --synth-weight")
+        if self.musdb is not None and self.musdb_weight <= 0 and self.synth_weight <= 0:
+            raise ConfigError("data weights must not all be zero")
+        if self.loss not in ("l1", "mse"):
+            raise ConfigError(f"loss {self.loss!r}: expected 'l1' or 'mse'")
+        if self.schedule not in ("cosine", "plateau", "constant"):
+            raise ConfigError(f"schedule {self.schedule!r}: expected 'cosine', 'plateau' or 'constant'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision {self.precision!r}: expected 'auto', 'bf16' or 'fp32'")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("batch size and steps must be at least 1")
+        if self.augment.remix and self.batch_size < 2:
+            raise ConfigError("remix needs a batch size of at least 2 (or switch it off with --no-remix)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema decay {self.ema_decay}: expected 0 (off) or a value in (0, 1)")
+
+
+def _number(value: Any, kind: type, where: str) -> Any:
+    """A number from YAML or flags; YAML 1.1 reads `3e-4` (no dot) as a string, so strings count."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from exc
+    return int(number) if kind is int else number
+
+
+def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a mapping, converting lists to tuples/Paths where the field says so."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = str(known[name].type)
+        if name == "augment":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: 'augment' must be a mapping")
+            value = _coerce(AugmentConfig, value, f"{where}: augment")
+        elif value is not None and "Path" in kind:
+            value = Path(value)
+        elif isinstance(value, list) and kind.startswith("tuple"):
+            value = tuple(value)
+        elif value is not None and kind in ("float", "Optional[float]", "int", "Optional[int]"):
+            value = _number(value, float if "float" in kind else int, f"{where}: {name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config file into a plain mapping; DataError-style one-line errors."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    return data
+
+
+def make_config(values: Mapping[str, Any], where: str = "config") -> TrainConfig:
+    """Turn a mapping (from YAML, flags or both merged) into a checked `TrainConfig`."""
+    cfg = _coerce(TrainConfig, values, where)
+    cfg.check()
+    return cfg
+
+
+def to_jsonable(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON types, for logs and checkpoint metadata."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(dataclasses.asdict(cfg))
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
+    """["channels=32", "lstm_layers=0"] -> {"channels": 32, "lstm_layers": 0}; values are YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{flag} {item!r}: bad value ({exc})") from exc
+    return out

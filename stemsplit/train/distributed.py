@@ -1,0 +1,85 @@
+"""Multi-process training plumbing: torchrun detection, process group, device per process.
+
+Owns: reading torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), starting and ending the
+process group (nccl on CUDA, gloo on CPU), choosing this process's device, and the few collective
+calls the trainer needs. Without torchrun everything degrades to a single process with no group.
+Must not: wrap models or decide what rank 0 writes (the trainer does).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" is CUDA when present (one GPU per local rank), else CPU; anything else is taken as is."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one; return where this process stands and its device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_name)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank), device
+
+
+def teardown(dist: Dist) -> None:
+    if dist.active and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def mean(dist: Dist, value: torch.Tensor) -> torch.Tensor:
+    """The average of a scalar tensor over all processes."""
+    if not dist.active:
+        return value
+    value = value.detach().clone()
+    torch_dist.all_reduce(value)
+    return value / dist.world
+
+
+def from_main(dist: Dist, value: Any) -> Any:
+    """Rank 0's value of a picklable object, on every process (plain data only: scores, flags)."""
+    if not dist.active:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(dist: Dist) -> None:
+    if dist.active:
+        torch_dist.barrier()

@@ -1,0 +1,302 @@
+"""The training loop: from a `TrainConfig` to native checkpoints.
+
+Owns: building (or loading with --init) the model, checking the data before the first step, the
+optimisation loop (AdamW, schedule, clipping, EMA, bf16 autocast, DistributedDataParallel),
+periodic validation (uSDR per source on fixed excerpts), checkpoints (`last` and `best`, native
+format via stemsplit.checkpoint), the resumable state file, and the JSON-lines log.
+Files in `out_dir`: last.safetensors, best.safetensors (when there is validation data),
+state.pt (resume), log.jsonl, config.json. Only rank 0 writes.
+Must not: print (progress goes to the `progress` callback as plain dicts) or parse flags.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from stemsplit.errors import CheckpointError, ModelError
+from stemsplit.train import distributed
+from stemsplit.train.augment import Augmenter
+from stemsplit.train.config import ConfigError, TrainConfig, to_jsonable
+from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, SynthSource, scan_folder,
+                                  split_roots, validation_set)
+from stemsplit.train.ema import EMA
+from stemsplit.train.losses import StemLoss
+from stemsplit.train.schedule import Schedule
+from stemsplit.train.state import load_state, save_state
+
+Progress = Callable[[dict[str, Any]], None]
+
+ENCODER_PREFIXES = ("encoder.", "tencoder.")
+"""Parameter-name prefixes of the (waveform and spectral) encoders in every nn architecture."""
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """A fresh model from architecture + kwargs, or the model named by `cfg.init` to fine-tune."""
+    if cfg.init is not None:
+        from stemsplit.catalog import load_model
+
+        model = load_model(cfg.init)
+        if hasattr(model, "models"):
+            raise ModelError(f"{cfg.init}: a bag of models cannot be fine-tuned; pick one of its members")
+        return model
+    from stemsplit.checkpoint import build_model as build
+
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.setdefault("sources", list(cfg.sources))
+    kwargs.setdefault("samplerate", cfg.samplerate)
+    kwargs.setdefault("audio_channels", cfg.channels)
+    if cfg.segment is not None:
+        kwargs.setdefault("segment", cfg.segment)
+    return build(cfg.architecture, kwargs)
+
+
+def freeze_encoder(model: torch.nn.Module) -> int:
+    """Stop gradients into the encoder layers; return how many tensors were frozen."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if name.startswith(ENCODER_PREFIXES):
+            param.requires_grad_(False)
+            frozen += 1
+    if frozen == 0:
+        raise ConfigError(f"--freeze-encoder: {type(model).__name__} has no parameters named encoder.*")
+    return frozen
+
+
+class _Data:
+    """The checked data of a run: the training excerpt set, its collation, the validation excerpts."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, frames: int):
+        stems = list(model.sources)
+        rate, channels = int(model.samplerate), int(model.audio_channels)
+        sources: list[Any] = []
+        weights: list[float] = []
+        folder_valid: Optional[FolderSource] = None
+        if cfg.musdb is not None:
+            train_root, valid_root = split_roots(cfg.musdb)
+            valid_root = cfg.valid if cfg.valid is not None else valid_root
+            sources.append(FolderSource(scan_folder(train_root, stems, rate), stems, channels))
+            weights.append(cfg.musdb_weight)
+            if valid_root is not None:
+                folder_valid = FolderSource(scan_folder(valid_root, stems, rate), stems, channels)
+        elif cfg.valid is not None:
+            folder_valid = FolderSource(scan_folder(cfg.valid, stems, rate), stems, channels)
+        self.collate = Augmenter(cfg.augment, stems, rate, frames, cfg.seed)
+        synth_valid = None
+        if cfg.synth_weight > 0:
+            sources.append(SynthSource(stems, rate, channels, self.collate.input_frames, cfg.seed))
+            weights.append(cfg.synth_weight)
+            synth_valid = SynthSource(stems, rate, channels, frames, cfg.seed)
+        self.dataset = ExcerptDataset(sources, weights, self.collate.input_frames, cfg.seed)
+        crop = Augmenter(cfg.augment, stems, rate, frames, cfg.seed, train=False)
+        excerpts = validation_set(folder_valid, synth_valid, cfg.valid_excerpts, frames)
+        self.valid = [crop([(0, e)]) for e in excerpts]
+
+
+class _Log:
+    """Append-only JSON-lines log (rank 0), mirrored to the progress callback."""
+
+    def __init__(self, path: Optional[Path], progress: Optional[Progress]):
+        self._handle = open(path, "a", encoding="utf-8") if path is not None else None
+        self._progress = progress
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self._handle is not None:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        if self._progress is not None:
+            self._progress(record)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past `step` (written after the last checkpoint of an interrupted run),
+    so a resumed run's log reads as one uninterrupted curve."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the interruption
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, excerpts: list[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device, autocast: Any) -> dict[str, float]:
+    """Mean uSDR per source over the fixed validation excerpts (and "mean" over sources)."""
+    from stemsplit.metrics import usdr
+
+    was_training = model.training
+    model.eval()
+    scores = []
+    for mix, ref in excerpts:
+        with autocast():
+            est = model(mix.to(device))
+        scores.append(usdr(ref.to(device), est.float()).cpu())
+    model.train(was_training)
+    per_source = torch.cat(scores).mean(dim=0)
+    result = {name: float(v) for name, v in zip(model.sources, per_source)}
+    result["mean"] = float(per_source.mean())
+    return result
+
+
+def train(cfg: TrainConfig, progress: Optional[Progress] = None) -> Path:
+    """Run training as configured; return the best checkpoint (or the last, without validation).
+
+    Under torchrun every process calls this; gradients are averaged by DDP and only rank 0 writes.
+    """
+    cfg.check()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist, device = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, progress if dist.main else None, dist, device)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dist, device: torch.device) -> Path:
+    from stemsplit.checkpoint import save_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    segment = float(cfg.segment if cfg.segment is not None else model.segment)
+    frames = int(round(segment * model.samplerate))
+    data = _Data(cfg, model, frames)  # checks every file before anything else happens
+    if cfg.schedule == "plateau" and not data.valid:
+        raise ConfigError("--schedule plateau needs validation data (a valid/ folder, --valid or synth)")
+    if cfg.freeze_encoder:
+        freeze_encoder(model)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    schedule = Schedule(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio,
+                        cfg.plateau_factor, cfg.plateau_patience)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
+    bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+    def autocast() -> Any:
+        if not bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    out_dir = Path(cfg.out_dir)
+    state_path, last_path, best_path = out_dir / "state.pt", out_dir / "last.safetensors", out_dir / "best.safetensors"
+    start, best = 0, None
+    if cfg.resume:
+        state = load_state(state_path)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"] or {})
+            _set_rng_state(state["rng"], device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{state_path}: does not fit this model and configuration ({detail})") from exc
+        start, best = int(state["step"]), state["best"]
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            _truncate_log(out_dir / "log.jsonl", start)
+        (out_dir / "config.json").write_text(json.dumps(to_jsonable(cfg), indent=2))
+    log = _Log(out_dir / "log.jsonl" if dist.main else None, progress)
+
+    net: torch.nn.Module = model
+    if dist.active:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = torch.utils.data.DataLoader(
+        data.dataset, batch_size=cfg.batch_size, sampler=StepSampler(start, cfg.steps, cfg.batch_size, dist.rank, dist.world),
+        collate_fn=data.collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=False)
+
+    def weights() -> Any:
+        return ema.swapped(model) if ema is not None else contextlib.nullcontext(model)
+
+    def save(step: int, loss: float, scores: Optional[dict[str, float]]) -> None:
+        summary = {"step": step, "steps": cfg.steps, "loss": loss, "valid_usdr": scores, "ema": cfg.ema_decay,
+                   "config": to_jsonable(cfg)}
+        with weights():
+            save_checkpoint(model, last_path, training=summary)
+        save_state(state_path, {
+            "step": step, "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "rng": _rng_state(device)})
+        log({"event": "checkpoint", "step": step, "path": str(last_path)})
+
+    model.train()
+    loss_value, scores = float("nan"), None
+    tick, rate = time.perf_counter(), 0.0
+    samples = cfg.batch_size * dist.world
+    try:
+        for step, (mix, ref) in enumerate(loader, start=start):
+            lr = schedule.apply(optimizer, step)
+            mix = mix.to(device, non_blocking=True)
+            ref = ref.to(device, non_blocking=True)
+            with autocast():
+                est = net(mix)
+            loss = loss_fn(est, ref)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            done = step + 1
+            loss_value = float(distributed.mean(dist, loss.detach()))
+            now = time.perf_counter()
+            current = samples / max(now - tick, 1e-9)
+            rate, tick = (current if rate == 0 else 0.9 * rate + 0.1 * current), now
+            log({"event": "step", "step": done, "steps": cfg.steps, "loss": loss_value, "lr": lr,
+                 "samples_per_s": rate})
+            if data.valid and (done % cfg.valid_every == 0 or done == cfg.steps):
+                scores = None
+                if dist.main:
+                    with weights():
+                        scores = validate(model, data.valid, device, autocast)
+                scores = distributed.from_main(dist, scores)
+                schedule.observe(scores["mean"])
+                improved = best is None or scores["mean"] > best
+                if improved:
+                    best = scores["mean"]
+                log({"event": "valid", "step": done, "usdr": scores, "best": best})
+                if improved and dist.main:
+                    with weights():
+                        save_checkpoint(model, best_path, training={"step": done, "valid_usdr": scores,
+                                                                    "config": to_jsonable(cfg)})
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                if dist.main:
+                    save(done, loss_value, scores)
+                distributed.barrier(dist)
+    finally:
+        log.close()
+    return best_path if best is not None else last_path

@@ -1,0 +1,270 @@
+"""The model catalog and downloads, against a real HTTP server on 127.0.0.1 serving checkpoints
+built here: success, resume, corrupted bytes, 404, connection refused; plus local loading."""
+import hashlib
+import http.server
+import re
+import socket
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import stemsplit.nn as snn
+from stemsplit import catalog, checkpoint
+from stemsplit.errors import CheckpointError, DownloadError, ModelError
+from stemsplit.nn.bag import BagOfModels
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return snn.HTDemucs(sources=SOURCES, channels=16, depth=2, nfft=512, t_layers=1, segment=Fraction(1, 2)).eval()
+
+
+def run(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return model(torch.randn(1, 2, 11025))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `server.files` (path -> bytes) with HTTP Range support; records each request."""
+
+    def do_GET(self):  # noqa: N802 (http.server API)
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        body = self.server.files.get(self.path.lstrip("/"))
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match and self.server.ranges:
+            start = int(match.group(1))
+            if start >= len(body):
+                self.send_error(416, "Range Not Satisfiable")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            body = body[start:]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.requests, httpd.ranges = {}, [], True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.setenv(catalog.REMOTE_ROOT_ENV, f"http://127.0.0.1:{httpd.server_address[1]}/models")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def published(server, tmp_path, seed=0, name="tiny"):
+    """Save a tiny checkpoint, put it on the server, and return (RemoteFile, bytes, model)."""
+    model = tiny(seed)
+    local = tmp_path / f"{name}-{seed}.safetensors"
+    checkpoint.save_checkpoint(model, local)
+    data = local.read_bytes()
+    remote = catalog.RemoteFile(path=f"set/{local.name}", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    server.files[f"models/{remote.path}"] = data
+    return remote, data, model
+
+
+def test_download_fetches_verifies_and_caches(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+    seen = []
+    path = catalog.download_file(remote, progress=lambda name, done, total: seen.append((name, done, total)))
+    assert path == tmp_path / "cache" / remote.name and path.read_bytes() == data
+    assert seen[-1] == (remote.name, len(data), len(data))
+    assert sorted(p.name for p in path.parent.iterdir()) == [remote.name]
+    catalog.download_file(remote)
+    assert len(server.requests) == 1, "a cached file is not fetched again"
+
+
+def test_partial_download_resumes_with_a_range_request(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+    partial = tmp_path / "cache" / f"{remote.name}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:1000])
+    seen = []
+    path = catalog.download_file(remote, progress=lambda name, done, total: seen.append(done))
+    assert path.read_bytes() == data and not partial.exists()
+    assert server.requests == [(f"/models/{remote.path}", "bytes=1000-")]
+    assert seen[0] == 1000 and seen[-1] == len(data)
+
+
+def test_a_server_that_ignores_ranges_gets_a_fresh_download(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+    server.ranges = False
+    partial = tmp_path / "cache" / f"{remote.name}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"stale bytes that must not stay in front")
+    assert catalog.download_file(remote).read_bytes() == data
+
+
+def test_a_complete_partial_file_is_verified_without_refetching(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+    partial = tmp_path / "cache" / f"{remote.name}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data)
+    assert catalog.download_file(remote).read_bytes() == data
+
+
+def test_corrupted_bytes_are_deleted_and_reported(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+    server.files[f"models/{remote.path}"] = data[:500] + bytes([data[500] ^ 0xFF]) + data[501:]
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        catalog.download_file(remote)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_missing_file_says_where_to_place_it(server, tmp_path):
+    remote = catalog.RemoteFile(path="set/absent.th", sha256="00", size=None)
+    with pytest.raises(DownloadError) as info:
+        catalog.download_file(remote)
+    message = str(info.value)
+    assert "HTTP 404" in message and remote.url() in message
+    assert str(tmp_path / "cache" / "absent.th") in message
+
+
+def test_connection_refused_says_where_to_place_it(tmp_path, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(catalog.REMOTE_ROOT_ENV, f"http://127.0.0.1:{port}/")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    remote = catalog.RemoteFile(path="x/955717e8-8726e21a.th", sha256="8726e21a", size=None)
+    with pytest.raises(DownloadError, match="refused") as info:
+        catalog.download_file(remote)
+    assert f"place it at {tmp_path / 'cache' / '955717e8-8726e21a.th'}" in str(info.value)
+
+
+def test_load_model_by_name_downloads_and_builds_the_bag(server, tmp_path, monkeypatch):
+    files = [published(server, tmp_path, seed=s) for s in range(2)]
+    weights = ((1.0, 1.0, 0.0, 0.0), (0.0, 1.0, 1.0, 1.0))
+    entry = catalog.CatalogEntry(name="pair", description="test", files=tuple(f[0] for f in files),
+                                 sources=tuple(SOURCES), weights=weights)
+    monkeypatch.setitem(catalog.MODELS, "pair", entry)
+    bag = catalog.load_model("pair")
+    assert isinstance(bag, BagOfModels) and bag.weights == [list(w) for w in weights]
+    assert torch.equal(run(bag.models[1]), run(files[1][2]))
+    assert [info.cached for info in catalog.list_models() if info.name == "pair"] == [True]
+
+
+def test_single_file_entry_loads_as_the_model_with_its_segment(server, tmp_path, monkeypatch):
+    remote, _, model = published(server, tmp_path)
+    entry = catalog.CatalogEntry(name="solo", description="test", files=(remote,), sources=tuple(SOURCES),
+                                 segment=0.25)
+    monkeypatch.setitem(catalog.MODELS, "solo", entry)
+    loaded = catalog.load_model("solo")
+    assert isinstance(loaded, snn.HTDemucs) and loaded.segment == 0.25
+
+
+def test_local_paths_and_repos_load_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.REMOTE_ROOT_ENV, "http://127.0.0.1:9/")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    model = tiny()
+    checkpoint.save_checkpoint(model, tmp_path / "mine.safetensors")
+    assert torch.equal(run(catalog.load_model(tmp_path / "mine.safetensors")), run(model))
+    assert torch.equal(run(catalog.load_model("mine", repo=tmp_path)), run(model))
+    (tmp_path / "duo.yaml").write_text(yaml.safe_dump({"models": ["mine.safetensors", "mine"]}))
+    assert isinstance(catalog.load_model("duo", repo=tmp_path), BagOfModels)
+    with pytest.raises(ModelError, match="no model 'other'"):
+        catalog.load_model("other", repo=tmp_path)
+    with pytest.raises(ModelError, match="not a folder"):
+        catalog.load_model("mine", repo=tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="does not exist"):
+        catalog.load_model(str(tmp_path / "missing.th"))
+    with pytest.raises(ModelError, match="is a folder"):
+        catalog.load_model(tmp_path)
+
+
+def test_repo_with_the_catalog_files_is_checked_and_assembled(tmp_path, monkeypatch):
+    checkpoint.save_checkpoint(tiny(), tmp_path / "model.safetensors")
+    data = (tmp_path / "model.safetensors").read_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    remote = catalog.RemoteFile(path=f"x/abcd1234-{prefix}.safetensors", sha256=prefix, size=len(data))
+    monkeypatch.setitem(catalog.MODELS, "local", catalog.CatalogEntry(
+        name="local", description="test", files=(remote,), sources=tuple(SOURCES)))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / remote.name).write_bytes(data)
+    assert isinstance(catalog.load_model("local", repo=repo), snn.HTDemucs)
+    (repo / remote.name).write_bytes(data[:-1] + b"\x00")
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        catalog.load_model("local", repo=repo)
+
+
+def test_unknown_and_quantized_names_are_model_errors():
+    with pytest.raises(ModelError, match="did you mean 'htdemucs_ft'"):
+        catalog.get_entry("htdemucs_fr")
+    with pytest.raises(ModelError, match="diffq-quantized.*'mdx_extra'"):
+        catalog.load_model("mdx_extra_q")
+
+
+def test_default_model_missing_and_present(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "default_model_path", lambda: None)
+    with pytest.raises(ModelError, match="default.safetensors"):
+        catalog.load_model()
+    info = catalog.list_models()[0]
+    assert info.default and info.name == catalog.DEFAULT_MODEL and not info.cached
+    path = tmp_path / "default.safetensors"
+    checkpoint.save_checkpoint(tiny(), path)
+    monkeypatch.setattr(catalog, "default_model_path", lambda: path)
+    assert isinstance(catalog.load_model(None), snn.HTDemucs)
+    info = catalog.list_models()[0]
+    assert info.cached and info.size_bytes == path.stat().st_size and info.sources == SOURCES
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "here"))
+    assert catalog.cache_dir() == tmp_path / "here"
+    monkeypatch.delenv(catalog.CACHE_ENV)
+    assert catalog.cache_dir().name == "stemsplit"
+
+
+def test_catalog_matches_the_official_release_lists(monkeypatch):
+    """Names, files, bag weights and segments agree with the demucs package's own remote lists."""
+    import demucs.pretrained
+
+    monkeypatch.delenv(catalog.REMOTE_ROOT_ENV, raising=False)
+    remote = Path(demucs.pretrained.__file__).parent / "remote"
+    urls = demucs.pretrained._parse_remote_files(remote / "files.txt")
+    for name, entry in catalog.MODELS.items():
+        bag = yaml.safe_load((remote / f"{name}.yaml").read_text())
+        assert [file.name.split("-")[0] for file in entry.files] == bag["models"], name
+        assert [file.url() for file in entry.files] == [urls[sig] for sig in bag["models"]], name
+        expected_weights = bag.get("weights")
+        assert (None if entry.weights is None else [list(w) for w in entry.weights]) == expected_weights, name
+        assert entry.segment == bag.get("segment"), name
+        for file in entry.files:
+            assert file.name.endswith(f"-{file.sha256}.th")
+    assert set(catalog.QUANTIZED) == {"mdx_q", "mdx_extra_q"}
+
+
+def test_list_models_reports_every_entry_and_what_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path))
+    names = [info.name for info in catalog.list_models()]
+    assert names == [catalog.DEFAULT_MODEL, *catalog.MODELS]
+    (tmp_path / "955717e8-8726e21a.th").write_bytes(b"x")
+    cached = {info.name: info.cached for info in catalog.list_models()}
+    assert cached["htdemucs"] and not cached["htdemucs_ft"]
+
+
+def test_local_checkpoint_errors_stay_checkpoint_errors(tmp_path):
+    (tmp_path / "broken.th").write_bytes(b"\x80\x02 definitely not a model")
+    with pytest.raises(CheckpointError, match="broken.th"):
+        catalog.load_model(tmp_path / "broken.th")

@@ -1,0 +1,132 @@
+"""stemsplit.export: one file in, stem files out — two stems, clipping, rates, atomicity."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import GainModel, gain_expected, tone
+
+from stemsplit.errors import AudioError, ModelError
+from stemsplit.export import OutputOptions, output_stems, separate_file
+from stemsplit.separate import Separator
+
+
+def _targets(folder, names, ext="wav"):
+    return {name: folder / f"{name}.{ext}" for name in names}
+
+
+def _read(path):
+    return torch.from_numpy(sf.read(path, dtype="float32", always_2d=True)[0].T.copy())
+
+
+@pytest.mark.parametrize("keep_samplerate", [True, False])
+def test_two_stems_sum_back_to_the_input(tmp_path, keep_samplerate):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.3, 11025, 1), 11025, subtype="FLOAT")
+    model = GainModel(samplerate=8000, segment=0.5, gains=(0.7, 0.1, 0.1, 0.1))
+    targets = _targets(tmp_path / "out", output_stems(model.sources, None, "drums"))
+    options = OutputOptions(bit_depth=32, clip="none", keep_samplerate=keep_samplerate)
+    result = separate_file(src, Separator(model, device="cpu", shifts=1), targets, options, two_stems="drums")
+    drums, rest = _read(targets["drums"]), _read(targets["no_drums"])
+    rate = 11025 if keep_samplerate else 8000
+    assert result.samplerate == rate and sf.info(targets["drums"]).samplerate == rate
+    assert drums.shape[0] == 1  # mono in, mono out
+    if keep_samplerate:
+        original = _read(src)
+        assert drums.shape == original.shape
+    else:
+        from stemsplit.audio import read_audio
+
+        original = read_audio(src, 8000, 1)[0]
+    assert (drums + rest - original).abs().max() < 1e-6
+    assert drums.abs().max() > 0.1
+
+
+def test_rescale_uses_one_factor_for_all_stems(tmp_path):
+    src = tmp_path / "loud.wav"
+    data = tone(1.0, 8000, 2) * 3.0  # peaks near 1.5: the gain-4 stem would clip
+    sf.write(src, data, 8000, subtype="FLOAT")
+    model = GainModel(samplerate=8000, gains=(1.0, 0.5, 0.25, 0.125))
+    targets = _targets(tmp_path, model.sources)
+    result = separate_file(src, Separator(model, device="cpu"), targets, OutputOptions(bit_depth=32))
+    stems = {name: _read(path) for name, path in targets.items()}
+    peak = max(float(s.abs().max()) for s in stems.values())
+    assert result.scale < 1 and peak <= 1 / 1.01 + 1e-6
+    # one factor for every stem: each is exactly its unscaled value times result.scale
+    expected = gain_expected(model, torch.from_numpy(data.T.copy())) * result.scale
+    for k, name in enumerate(model.sources):
+        assert (stems[name] - expected[k]).abs().max() < 1e-5
+    assert list(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_clamp_and_none(tmp_path):
+    src = tmp_path / "loud.wav"
+    sf.write(src, tone(0.5, 8000, 2) * 4.0, 8000, subtype="FLOAT")
+    model = GainModel(samplerate=8000, gains=(1.0, 1.0, 1.0, 1.0))
+    clamped = _targets(tmp_path / "c", ["drums"])
+    separate_file(src, Separator(model, device="cpu"), clamped, OutputOptions(bit_depth=32, clip="clamp"))
+    assert float(_read(clamped["drums"]).abs().max()) == 1.0
+    raw = _targets(tmp_path / "n", ["drums"])
+    separate_file(src, Separator(model, device="cpu"), raw, OutputOptions(bit_depth=32, clip="none"))
+    assert float(_read(raw["drums"]).abs().max()) > 1.5
+
+
+def test_formats_and_bit_depths(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 44100, 2), 44100)
+    model = GainModel(samplerate=44100)
+    for fmt, depth, subtype in [("flac", 24, "PCM_24"), ("mp3", 16, "MPEG_LAYER_III"), ("wav", 16, "PCM_16")]:
+        targets = _targets(tmp_path / fmt, ["vocals"], fmt)
+        separate_file(src, Separator(model, device="cpu"), targets, OutputOptions(fmt=fmt, bit_depth=depth))
+        assert sf.info(targets["vocals"]).subtype == subtype
+
+
+def test_output_stem_names():
+    sources = ["drums", "bass", "other", "vocals"]
+    assert output_stems(sources, None, None) == sources
+    assert output_stems(sources, ["vocals", "drums", "vocals"], None) == ["vocals", "drums"]
+    assert output_stems(sources, None, "vocals") == ["vocals", "no_vocals"]
+    with pytest.raises(ModelError, match="unknown stem"):
+        output_stems(sources, ["flute"], None)
+
+
+@pytest.mark.parametrize("clip", ["rescale", "none"])
+def test_disk_full_mid_track_leaves_no_files(tmp_path, monkeypatch, clip):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(3.0, 8000, 2), 8000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "drums.wav").write_bytes(b"old")
+    calls = {"n": 0}
+    original_write = sf.SoundFile.write
+
+    def full_disk(self, data):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_write(self, data)
+
+    monkeypatch.setattr(sf.SoundFile, "write", full_disk)
+    model = GainModel(samplerate=8000, segment=0.5)
+    with pytest.raises(AudioError, match="no space left on device"):
+        separate_file(src, Separator(model, device="cpu"), _targets(out, model.sources), OutputOptions(clip=clip))
+    assert sorted(p.name for p in out.iterdir()) == ["drums.wav"]
+    assert (out / "drums.wav").read_bytes() == b"old"
+
+
+def test_interrupt_during_separation_leaves_no_files(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(3.0, 8000, 2), 8000)
+    out = tmp_path / "out"
+
+    def interrupt(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    model = GainModel(samplerate=8000, segment=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        separate_file(src, Separator(model, device="cpu", progress=interrupt), _targets(out, model.sources),
+                      OutputOptions(clip="none"))
+    assert list(out.iterdir()) == []

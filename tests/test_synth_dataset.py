@@ -1,0 +1,84 @@
+"""SynthDataset, write_dataset and the hidden `stemsplit synth` command."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from stemsplit.errors import AudioError
+from stemsplit.synth import SOURCES, SynthDataset, write_dataset
+
+
+def test_dataset_items_are_deterministic_stems():
+    ds = SynthDataset(2.0, length=5, seed=11, samplerate=22050)
+    assert len(ds) == 5
+    item = ds[2]
+    assert item.shape == (4, 2, 44100) and item.dtype == torch.float32
+    assert torch.isfinite(item).all()
+    assert float(item.sum(0).abs().max()) <= 1.0
+    again = pickle.loads(pickle.dumps(ds))[2]
+    assert torch.equal(item, again)
+    assert not torch.equal(item, ds[3])
+    assert not torch.equal(item, SynthDataset(2.0, length=5, seed=12, samplerate=22050)[2])
+    assert torch.equal(ds[-3], item)
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def test_dataset_works_in_dataloader_workers():
+    ds = SynthDataset(1.0, length=2, seed=3, samplerate=16000, channels=1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
+    batch = next(iter(loader))
+    assert batch.shape == (2, 4, 1, 16000)
+    assert torch.equal(batch[1], ds[1])
+
+
+def test_write_dataset_float_is_exact(tmp_path):
+    calls = []
+    folders = write_dataset(tmp_path / "set", songs=2, seconds=1.5, seed=5, samplerate=22050,
+                            progress=lambda done, total: calls.append((done, total)))
+    assert [f.name for f in folders] == ["song_00000", "song_00001"]
+    assert calls == [(1, 2), (2, 2)]
+    stems = {}
+    for name in ("mixture", *SOURCES):
+        data, sr = soundfile.read(folders[0] / f"{name}.wav", dtype="float32", always_2d=True)
+        assert sr == 22050 and data.shape == (33075, 2)
+        stems[name] = data
+    total = stems["drums"] + stems["bass"]
+    total = total + stems["other"]
+    total = total + stems["vocals"]
+    assert np.array_equal(stems["mixture"], total)
+    assert not list((tmp_path / "set").rglob("*.part"))
+
+
+def test_write_dataset_16_bit_and_options(tmp_path):
+    folders = write_dataset(tmp_path, songs=1, seconds=1.0, seed=1, samplerate=16000, channels=1,
+                            bit_depth="16", styles=["rock"], production=False)
+    info = soundfile.info(folders[0] / "vocals.wav")
+    assert info.subtype == "PCM_16" and info.channels == 1
+    with pytest.raises(ValueError):
+        write_dataset(tmp_path, songs=1, seconds=1.0, seed=1, bit_depth="8")
+
+
+def test_write_dataset_reports_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(AudioError, match="file"):
+        write_dataset(blocker / "out", songs=1, seconds=0.5, seed=0)
+
+
+def test_cli_synth_writes_a_musdb_folder(tmp_path):
+    out = tmp_path / "synth"
+    run = subprocess.run([sys.executable, "-m", "stemsplit", "synth", str(out), "--songs", "1", "--seconds", "1",
+                          "--seed", "2", "--samplerate", "16000", "--style", "funk"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (out / "song_00000").iterdir()) == sorted(f"{n}.wav" for n in ("mixture", *SOURCES))
+    bad = subprocess.run([sys.executable, "-m", "stemsplit", "synth", str(out), "--style", "polka"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "polka" in bad.stderr

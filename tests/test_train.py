@@ -1,0 +1,154 @@
+"""The training loop end to end with a tiny Demucs: it learns, resumes exactly, fine-tunes from a
+checkpoint with a frozen encoder, runs from the CLI and under torchrun (2 CPU processes, gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_data import RATE, write_musdb, write_track
+
+from stemsplit.train.config import ConfigError, make_config
+from stemsplit.train.trainer import train
+
+TINY = dict(channels=8, depth=2, lstm_layers=0, resample=False, rewrite=False, glu=False, dconv_mode=0)
+TINY_FLAGS = [f"--kw={k}={v}" for k, v in TINY.items()] + [f"--kw=samplerate={RATE}"]
+NO_AUG = dict(remix=False, gain=False, flip=False, swap=False, shift=0.0)
+
+
+def _config(tmp_path: Path, **overrides):
+    values = dict(out_dir=tmp_path / "run", architecture="Demucs", samplerate=RATE, model_kwargs=dict(TINY),
+                  segment=0.25, batch_size=2, steps=8, lr=3e-3, checkpoint_every=4, valid_every=4,
+                  valid_excerpts=2, threads=1)
+    values.update(overrides)
+    return make_config(values)
+
+
+class _Stop(Exception):
+    """Raised by a progress callback to interrupt a run, as a crash would."""
+
+
+def _losses(cfg, stop_at_step: int | None = None) -> list[float]:
+    """The loss of every step of a run, interrupted (like a crash) after step `stop_at_step`."""
+    losses: list[float] = []
+
+    def progress(record):
+        if record["event"] == "step":
+            losses.append(record["loss"])
+            if record["step"] == stop_at_step:
+                raise _Stop
+
+    try:
+        train(cfg, progress=progress)
+    except _Stop:
+        pass
+    return losses
+
+
+def test_tiny_model_overfits_a_few_excerpts(tmp_path):
+    root = tmp_path / "two"
+    for i in range(2):
+        write_track(root / f"t{i}", 0.5, seed=i)  # tracks as long as the excerpt: two fixed examples
+    cfg = _config(tmp_path, musdb=root, segment=0.5, steps=60, lr=1e-2, schedule="constant",
+                  checkpoint_every=1000, augment=NO_AUG)
+    losses = _losses(cfg)
+    assert len(losses) == 60
+    assert min(losses[-5:]) < losses[0] / 3
+
+
+def test_resume_gives_the_same_next_losses(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    common = dict(musdb=root, warmup_steps=2, ema_decay=0.9, clip_grad=1.0, stft_weight=0.5,
+                  augment=dict(pitch=1, pitch_prob=0.5, noise=True))
+    straight = _losses(_config(tmp_path / "a", **common))
+    first = _losses(_config(tmp_path / "b", **common), stop_at_step=6)  # the last checkpoint was at step 4
+    assert first == straight[:6]
+    resumed = _losses(_config(tmp_path / "b", resume=True, **common))
+    assert resumed == straight[4:]
+    run = tmp_path / "b" / "run"
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["event"] == "step"] == list(range(1, 9))  # steps 5-6 of the crash dropped
+    assert [r["step"] for r in steps if r["event"] == "valid"] == [4, 8]
+
+
+def test_folder_and_synth_data_with_a_worker_give_the_same_losses_as_without(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    common = dict(musdb=root, synth_weight=1.0, steps=3, valid_every=3, augment=dict(tempo=0.1))
+    in_process = _losses(_config(tmp_path / "a", **common))
+    with_worker = _losses(_config(tmp_path / "b", num_workers=1, **common))
+    assert in_process == with_worker
+
+
+def test_checkpoints_are_native_and_fine_tuning_can_freeze_the_encoder(tmp_path):
+    from stemsplit.checkpoint import load_checkpoint, read_metadata
+
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    best = train(_config(tmp_path / "a", musdb=root, steps=4))
+    run = tmp_path / "a" / "run"
+    assert best == run / "best.safetensors"
+    assert {p.name for p in run.iterdir()} >= {"last.safetensors", "best.safetensors", "state.pt", "log.jsonl"}
+    assert read_metadata(run / "last.safetensors")["training"]["step"] == 4
+    start = load_checkpoint(run / "last.safetensors")
+    cfg = _config(tmp_path / "b", musdb=root, steps=3, init=str(run / "last.safetensors"), freeze_encoder=True)
+    tuned = load_checkpoint(train(cfg).parent / "last.safetensors")
+    before, after = start.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_bf16_autocast_on_cpu_and_plateau_schedule(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    losses = _losses(_config(tmp_path, musdb=root, steps=2, valid_every=1, precision="bf16", schedule="plateau",
+                             loss="mse"))
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_config_errors_are_reported_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="no training data"):
+        _config(tmp_path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        _config(tmp_path, musdb=tmp_path, learning_rate=1.0)
+    with pytest.raises(ConfigError, match="plateau needs validation"):
+        root = tmp_path / "only_train"
+        write_track(root / "t0", 0.5, seed=0)
+        train(_config(tmp_path, musdb=root, schedule="plateau"))
+
+
+def test_cli_train_with_yaml_config(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"architecture": "Demucs", "model_kwargs": dict(TINY, samplerate=RATE),
+                                  "samplerate": RATE, "segment": 0.25, "batch_size": 2, "steps": 3,
+                                  "augment": {"pitch": 1}}))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "stemsplit", "train", "--config", str(config), "--musdb", str(root), "--out", str(out),
+         "--steps", "2", "--checkpoint-every", "1", "--threads", "1", "--no-remix"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "best checkpoint" in result.stdout
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["augment"]["remix"] is False and saved["augment"]["pitch"] == 1
+
+
+def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "stemsplit", "train", "--musdb", str(root), "--out", str(out), "--arch", "Demucs", *TINY_FLAGS,
+         "--segment", "0.25", "--batch-size", "2", "--steps", "3", "--checkpoint-every", "3", "--valid-every", "3",
+         "--threads", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3]  # rank 0 alone writes
+    assert [r["step"] for r in records if r["event"] == "checkpoint"] == [3]

@@ -1,0 +1,119 @@
+"""The small training parts on their own: losses, learning-rate schedules, EMA, config parsing, state files."""
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+import torch
+
+from stemsplit.errors import CheckpointError
+from stemsplit.train.config import ConfigError, load_yaml, make_config, parse_assignments
+from stemsplit.train.ema import EMA
+from stemsplit.train.losses import StemLoss, stft_loss, waveform_loss
+from stemsplit.train.schedule import Schedule
+from stemsplit.train.state import load_state, save_state
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+def test_waveform_losses_per_source():
+    ref = torch.zeros(2, 4, 2, 100)
+    est = ref.clone()
+    est[:, 1] = 0.5
+    assert torch.allclose(waveform_loss(est, ref, "l1"), torch.tensor([0.0, 0.5, 0.0, 0.0]))
+    assert torch.allclose(waveform_loss(est, ref, "mse"), torch.tensor([0.0, 0.25, 0.0, 0.0]))
+    assert float(StemLoss(SOURCES, "l1")(est, ref)) == pytest.approx(0.5 / 4)
+    weighted = StemLoss(SOURCES, "l1", source_weights={"bass": 3.0})  # weights 1, 3, 1, 1 normalised
+    assert float(weighted(est, ref)) == pytest.approx(0.5 * 3 / 6)
+    with pytest.raises(ConfigError, match="piano"):
+        StemLoss(SOURCES, source_weights={"piano": 1.0})
+
+
+def test_stft_loss_is_zero_for_equal_signals_and_grows_with_error():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 2, 1, 4096, generator=gen)
+    assert torch.allclose(stft_loss(ref, ref, (256, 512)), torch.zeros(2), atol=1e-6)
+    small = stft_loss(ref + 0.01 * torch.randn(ref.shape, generator=gen), ref, (256, 512))
+    large = stft_loss(ref + 0.5 * torch.randn(ref.shape, generator=gen), ref, (256, 512))
+    assert (small < large).all() and (small > 0).all()
+    combined = StemLoss(["a", "b"], "l1", stft_weight=2.0, n_ffts=(256,))
+    est = ref * 0.5
+    want = waveform_loss(est, ref).mean() + 2.0 * stft_loss(est, ref, (256,)).mean()
+    assert float(combined(est, ref)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_cosine_schedule_with_warmup():
+    schedule = Schedule("cosine", 1.0, total_steps=110, warmup_steps=10, min_ratio=0.1)
+    assert schedule.lr(0) == pytest.approx(0.1) and schedule.lr(9) == pytest.approx(1.0)
+    assert schedule.lr(10) == pytest.approx(1.0)
+    assert schedule.lr(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert schedule.lr(110) == pytest.approx(0.1)
+    assert Schedule("constant", 0.5, 100).lr(99) == 0.5
+
+
+def test_plateau_schedule_halves_after_patience_and_round_trips():
+    schedule = Schedule("plateau", 1.0, 100, plateau_factor=0.5, plateau_patience=1)
+    for score in (1.0, 2.0, 1.5, 1.9):
+        schedule.observe(score)
+    assert schedule.lr(50) == 0.5
+    schedule.observe(1.0)
+    assert schedule.lr(50) == 0.5  # one bad check after a reduction is within patience
+    copy = Schedule("plateau", 1.0, 100, plateau_factor=0.5, plateau_patience=1)
+    copy.load_state_dict(schedule.state_dict())
+    assert copy.lr(50) == 0.5 and copy.best == 2.0 and copy.bad_checks == 1
+    cosine = Schedule("cosine", 1.0, 100)
+    cosine.observe(1.0)
+    cosine.observe(0.0)
+    cosine.observe(0.0)
+    cosine.observe(0.0)
+    assert cosine.factor == 1.0  # only "plateau" reacts to validation
+
+
+def test_ema_averages_and_swaps_back():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.75))
+    with ema.swapped(model):
+        assert torch.allclose(model.weight, torch.full((1, 2), 0.75))
+    assert torch.allclose(model.weight, torch.ones(1, 2))
+
+
+def test_yaml_and_assignments(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("musdb: data\nsteps: 7\nbetas: [0.8, 0.9]\naugment:\n  pitch: 2\n  gain_db: [-3, 3]\n")
+    cfg = make_config(load_yaml(path))
+    assert cfg.steps == 7 and cfg.betas == (0.8, 0.9) and cfg.augment.pitch == 2 and cfg.augment.gain_db == (-3, 3)
+    assert str(cfg.musdb) == "data"
+    assert make_config({"musdb": "x", "lr": "3e-4", "steps": 1e3}).lr == 3e-4  # YAML 1.1 reads 3e-4 as text
+    assert make_config({"musdb": "x", "steps": 1e3}).steps == 1000
+    with pytest.raises(ConfigError, match="steps: expected int"):
+        make_config({"musdb": "x", "steps": 2.5})
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        make_config({"musdb": "x", "lr": "fast"})
+    with pytest.raises(ConfigError, match="augment: unknown key"):
+        make_config({"musdb": "x", "augment": {"pitches": 2}})
+    assert parse_assignments(["channels=32", "cac=false", "name=x"], "--kw") == {"channels": 32, "cac": False, "name": "x"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_assignments(["channels"], "--kw")
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(path)
+
+
+def test_state_file_round_trip_refuses_pickled_objects(tmp_path):
+    state = {"step": 3, "best": None, "rng": {"torch": torch.get_rng_state()}, "w": torch.arange(3.0),
+             "nested": [1.5, {"x": "y"}]}
+    save_state(tmp_path / "state.pt", state)
+    back = load_state(tmp_path / "state.pt")
+    assert back["step"] == 3 and torch.equal(back["w"], state["w"]) and back["nested"] == [1.5, {"x": "y"}]
+    torch.save({"evil": PurePosixPath("x")}, tmp_path / "bad.pt")  # any class outside the allowlist is refused
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_state(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="no training state"):
+        load_state(tmp_path / "missing.pt")
