@@ -36,7 +36,8 @@ def main() -> None:
             cpu = time.process_time() - cpu0
             audio = args.songs * seconds
             mode = "excerpt" if excerpt else "song"
-            print(f"{mode:<10}{args.songs:>6}{audio:>10.1f}{wall:>10.2f}{cpu:>10.2f}{audio / wall:>13.1f}{audio / cpu:>10.1f}")
+            print(f"{mode:<10}{args.songs:>6}{audio:>10.1f}{wall:>10.2f}{cpu:>10.2f}"
+                  f"{audio / wall:>13.1f}{audio / cpu:>10.1f}")
 
 
 if __name__ == "__main__":

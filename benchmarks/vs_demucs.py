@@ -119,6 +119,7 @@ def write_track(path: Path, seconds: float, seed: int = 0) -> Path:
 @dataclass
 class Run:
     wall: float  # seconds
+    cpu: float  # user + system CPU seconds of the child (less sensitive to other load than wall)
     rss: int  # bytes, peak resident set of the child
 
 
@@ -142,11 +143,12 @@ def run_child(command: list[str], env: dict) -> Run:
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {shlex.join(command)}\n"
                  f"{err.decode(errors='replace')[-3000:]}")
-    return Run(wall, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)  # ru_maxrss: KiB on Linux
 
 
-def expand(command: list[str], **fields: str) -> list[str]:
-    return [part.format(**fields) for part in command]
+def expand(command: list[str], track: str, out: str) -> list[str]:
+    """Fill in the `{track}` and `{out}` placeholders (other braces belong to the tools)."""
+    return [track if part == "{track}" else out if part == "{out}" else part for part in command]
 
 
 def read_stems(folder: Path) -> dict[str, np.ndarray]:
@@ -270,11 +272,9 @@ def main() -> None:
             *common, "--bit-depth", "16", "--clip", "none", "-d", dev, "-q", "-o", "{out}",
             "--filename", "{track}/{stem}.{ext}"]
     contenders = [reference, Contender("stemsplit", ours, "")]
-    fast = None
     if args.fast:
         if supports("--precision"):
-            fast = Contender("stemsplit bf16", ours + ["--precision", "bf16"], "")
-            contenders.append(fast)
+            contenders.append(Contender("stemsplit bf16", ours + ["--precision", "bf16"], ""))
         else:
             print("note: this stemsplit has no --precision option; --fast skipped")
     if dev == "cuda":
@@ -283,7 +283,7 @@ def main() -> None:
                                     ours + ["--batch-size", str(args.batch_size), "--half"], ""))
 
     agreement: dict[float, float] = {}
-    fast_snr: dict[float, float] = {}
+    variant_snr: dict[str, dict[float, float]] = {c.label: {} for c in contenders[2:]}
     for seconds in durations:
         track = write_track(work / f"track_{int(seconds)}s.wav", seconds, args.seed)
         for run in range(args.runs):
@@ -293,8 +293,8 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 result = run_child(expand(contender.command, track=str(track), out=str(out)), env)
                 contender.runs.setdefault(seconds, []).append(result)
-                print(f"  {seconds:>6.0f} s  run {run + 1}  {contender.label:<24} {result.wall:8.1f} s  "
-                      f"{gib(result.rss)}", flush=True)
+                print(f"  {seconds:>6.0f} s  run {run + 1}  {contender.label:<24} {result.wall:8.1f} s wall "
+                      f"{result.cpu:8.1f} s cpu  {gib(result.rss)}", flush=True)
             if run == 0:
                 stems = {c.label: read_stems(work / "out" / c.label.replace(" ", "_") / c.subdir / track.stem)
                          for c in contenders}
@@ -302,28 +302,33 @@ def main() -> None:
                 if agreement[seconds] > 1e-3 + LSB:
                     sys.exit(f"the two tools disagree on the {seconds:.0f}-s track: max |diff| "
                              f"{agreement[seconds]:.2e} > 1e-3 (+1 LSB); the comparison would not be fair")
-                if fast is not None:
-                    fast_snr[seconds] = snr_db(stems["stemsplit"], stems[fast.label])
+                for label, values in variant_snr.items():
+                    values[seconds] = snr_db(stems["stemsplit"], stems[label])
+                del stems
 
     gflop, rate, floor = floor_seconds(native, dev, args.threads)
-    header = ["track", "tool", "median wall s", "s per audio s", "x of floor", "peak RSS", "wall ratio", "RSS ratio"]
+    header = ["track", "tool", "median wall s", "s per audio s", "x of floor", "median cpu s", "peak RSS",
+              "wall ratio", "cpu ratio", "RSS ratio"]
     rows = []
     for seconds in durations:
         ref_wall = statistics.median(r.wall for r in reference.runs[seconds])
+        ref_cpu = statistics.median(r.cpu for r in reference.runs[seconds])
         ref_rss = max(r.rss for r in reference.runs[seconds])
         for contender in contenders:
             wall = statistics.median(r.wall for r in contender.runs[seconds])
+            cpu = statistics.median(r.cpu for r in contender.runs[seconds])
             rss = max(r.rss for r in contender.runs[seconds])
             rows.append([f"{seconds:.0f} s", contender.label, f"{wall:.1f}", f"{wall / seconds:.3f}",
-                         f"{wall / seconds / floor:.2f}", gib(rss), f"{wall / ref_wall:.2f}", f"{rss / ref_rss:.2f}"])
+                         f"{wall / seconds / floor:.2f}", f"{cpu:.1f}", gib(rss), f"{wall / ref_wall:.2f}",
+                         f"{cpu / ref_cpu:.2f}", f"{rss / ref_rss:.2f}"])
     main_table = table(header, rows)
     notes = [f"stems agree: max |diff| stemsplit vs demucs "
              + ", ".join(f"{s:.0f} s: {d:.1e}" for s, d in agreement.items()) + " (limit 1e-3 + 1 LSB)",
              f"floor: {gflop:.1f} GFLOP per audio second / {rate:.1f} GFLOP/s measured fp32 matmul "
              f"({args.threads} threads) = {floor:.3f} s per audio second ('x of floor' = 1 would be perfect)"]
-    if fast_snr:
-        notes.append("fast mode SNR vs fp32 stems (worst stem): "
-                     + ", ".join(f"{s:.0f} s: {v:.1f} dB" for s, v in fast_snr.items()))
+    for label, values in variant_snr.items():
+        notes.append(f"{label}: SNR of its stems vs stemsplit fp32 stems (worst stem) "
+                     + ", ".join(f"{s:.0f} s: {v:.1f} dB" for s, v in values.items()))
 
     alone_rows = []
     if args.long > 0:
@@ -334,7 +339,7 @@ def main() -> None:
             result = run_child(expand(contender.command, track=str(track), out=str(out)), env)
             shutil.rmtree(out, ignore_errors=True)
             alone_rows.append([f"{args.long:.0f} s", contender.label + " (bench model)", f"{result.wall:.1f}",
-                               f"{result.wall / args.long:.3f}", gib(result.rss)])
+                               f"{result.wall / args.long:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
             print(f"  {args.long:>6.0f} s  {contender.label:<24} {result.wall:8.1f} s  {gib(result.rss)}", flush=True)
     from stemsplit.catalog import default_model_path
 
@@ -349,10 +354,10 @@ def main() -> None:
                            "-q", "-o", "{out}"]
         result = run_child(expand(default_command, track=str(track), out=str(out)), env)
         alone_rows.append([f"{seconds:.0f} s", f"stemsplit default model ({default.name})", f"{result.wall:.1f}",
-                           f"{result.wall / seconds:.3f}", gib(result.rss)])
+                           f"{result.wall / seconds:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
     else:
         notes.append("embedded default model: weights/default.safetensors does not exist yet; skipped")
-    alone_table = table(["track", "run", "wall s", "s per audio s", "peak RSS"], alone_rows) if alone_rows else ""
+    alone_table = table(["track", "run", "wall s", "s per audio s", "cpu s", "peak RSS"], alone_rows) if alone_rows else ""
 
     print()
     print(main_table)

@@ -68,6 +68,11 @@ class _BitDepth(str, enum.Enum):
     b32 = "32"
 
 
+class _Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class _Clip(str, enum.Enum):
     rescale = "rescale"
     clamp = "clamp"
@@ -231,6 +236,9 @@ def separate(
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
     half: bool = typer.Option(False, "--half", help="float16 autocast on CUDA (faster, small numeric "
                               "differences)."),
+    precision: _Precision = typer.Option(_Precision.fp32, "--precision",
+                                         help="fp32, or bf16: about 2x faster on CPUs with bf16 instructions "
+                                              "(AVX512-BF16/AMX) and on CUDA; stems differ from fp32 by ~40-50 dB SNR."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
                                    "(default: skip them)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
@@ -297,7 +305,7 @@ def separate(
         raise _separate_fail(str(exc), 2) from None
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
-                              batch_size=batch_size, half=half)
+                              batch_size=batch_size, half=half, precision=precision.value)
     except StemsplitError as exc:
         raise _separate_fail(str(exc), 1) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
@@ -306,7 +314,7 @@ def separate(
         console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
                       f"{net.audio_channels} channels; device {separator.device}; segment "
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
-                      f"batch size {batch_size}", highlight=False)
+                      f"batch size {batch_size}, precision {precision.value}", highlight=False)
 
     progress = None
     if fancy:
@@ -568,21 +576,27 @@ def synth(
     bit_depth: str = typer.Option("float", "--bit-depth", help="float (exact mixture = sum), 16 or 24."),
     style: Optional[List[str]] = typer.Option(None, "--style", help="Only these style families (repeatable)."),
     vocal_mode: Optional[List[str]] = typer.Option(None, "--vocal-mode", help="Only sing / rap / spoken (repeatable)."),
+    exclude: Optional[List[str]] = typer.Option(
+        None, "--exclude", help="Hold out a kit, bass voice, instrument, voice type or vocal model (repeatable)."),
     soundfont: Optional[str] = typer.Option(None, "--soundfont",
                                             help="General MIDI .sf2/.sf3 (or 'auto') for sample-based stems."),
     soundfont_share: float = typer.Option(0.5, "--soundfont-share", min=0.0, max=1.0,
                                           help="Chance that each stem uses the soundfont."),
     dry: bool = typer.Option(False, "--dry", help="No production effects (EQ, compression, reverb, ...)."),
+    excerpt: bool = typer.Option(False, "--excerpt", help="Start each song inside a random section, not at bar 1."),
 ) -> None:
     """Write a MUSDB-style folder of synthetic songs (for training and testing)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from stemsplit.errors import StemsplitError
-    from stemsplit.synth import compose, vocals, write_dataset
+    from stemsplit.synth import compose, song, vocals, write_dataset
 
     err = Console(stderr=True)
-    for name, given, allowed in (("--style", style, compose.STYLES), ("--vocal-mode", vocal_mode, vocals.MODES)):
+    components = sorted({n for names in song.COMPONENTS.values() for n in names})
+    for name, given, allowed in (("--style", style, compose.STYLES), ("--vocal-mode", vocal_mode, vocals.MODES),
+                                 ("--exclude", exclude, components)):
         bad = [g for g in given or [] if g not in allowed]
         if bad:
             err.print(f"[red]error:[/red] {name} {bad[0]!r} is not one of {', '.join(allowed)}", highlight=False)
@@ -590,11 +604,13 @@ def synth(
     if bit_depth not in ("float", "16", "24"):
         err.print(f"[red]error:[/red] --bit-depth {bit_depth!r} is not one of float, 16, 24", highlight=False)
         raise typer.Exit(2)
-    options: dict = {"production": not dry}
+    options: dict = {"production": not dry, "excerpt": excerpt}
     if style:
         options["styles"] = style
     if vocal_mode:
         options["vocal_modes"] = vocal_mode
+    if exclude:
+        options["exclude"] = exclude
     if soundfont:
         options.update(soundfont=soundfont, soundfont_share=soundfont_share)
     with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -604,6 +620,9 @@ def synth(
             folders = write_dataset(out_dir, songs, seconds, seed, samplerate, channels=channels,
                                     bit_depth=bit_depth, progress=lambda done, total: bar.update(task, completed=done),
                                     **options)
+        except ValueError as exc:  # option combinations render_song rejects (e.g. --exclude everything)
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
         except StemsplitError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
@@ -741,13 +760,13 @@ class _TrainProgress:
 @app.command(hidden=True)
 def evaluate(
     folder: str = typer.Argument(..., help="Folder of track folders, each with mixture + one file per source."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default: the embedded model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-n", "-m", help="Model name (default: the embedded model)."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Checkpoint file to evaluate."),
     tracks: List[str] = typer.Option([], "--tracks", help="Only these track folders (repeatable or comma-separated)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write all scores to this JSON file."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write all scores to this CSV file."),
     bss: bool = typer.Option(True, "--bss/--no-bss", help="Also compute BSSEval v4 SDR/ISR/SIR/SAR (slower)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:1, mps."),
     segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per segment (default: the model's)."),
     overlap: float = typer.Option(0.25, "--overlap"),
     shifts: int = typer.Option(0, "--shifts"),

@@ -23,6 +23,7 @@ from torch import nn
 from stemsplit.errors import AudioError, ModelError
 
 Progress = Callable[[int, int], None]
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(spec: Union[str, torch.device]) -> torch.device:
@@ -163,6 +164,10 @@ class Separator:
         batch_size: segments per forward pass.
         half: run the model under float16 autocast (CUDA only). Off by default because it is not
             guaranteed to stay within 1e-3 of float32 for every model.
+        precision: `fp32` (default, matches the reference) or `bf16`: the model runs under
+            bfloat16 autocast (CPU or CUDA). On CPUs with bf16 instructions (AVX512-BF16, AMX)
+            this about halves the time; stems differ from fp32 by roughly 40-50 dB SNR, so it is
+            an explicit choice, never the default. On other CPUs it is correct but not faster.
         progress: called as `progress(done_segments, total_segments)` after every forward pass.
     """
 
@@ -177,6 +182,7 @@ class Separator:
         seed: int = 0,
         batch_size: int = 1,
         half: bool = False,
+        precision: str = "fp32",
         progress: Optional[Progress] = None,
     ) -> None:
         if not 0 <= overlap < 1:
@@ -190,6 +196,12 @@ class Separator:
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise ModelError("half precision is only available on CUDA devices")
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r} (use {' or '.join(PRECISIONS)})")
+        if precision == "bf16" and self.device.type not in ("cpu", "cuda"):
+            raise ModelError(f"bf16 precision is only available on CPU and CUDA, not {self.device.type}")
+        if precision == "bf16" and half:
+            raise ModelError("choose either half (float16) or bf16 precision, not both")
         self.model = model
         self.members = list(model.models) if _is_bag(model) else [model]
         for member in self.members:
@@ -206,6 +218,7 @@ class Separator:
         self.sources: list[str] = list(model.sources)
         self.segment, self.overlap, self.shifts, self.seed = segment, overlap, shifts, seed
         self.batch_size, self.half, self.progress = batch_size, half, progress
+        self.precision = precision
 
     # ---- planning ---------------------------------------------------------------------------
 
@@ -283,8 +296,9 @@ class Separator:
                 inputs[i, :, lo - start : hi - start] = (mix[:, lo:hi] - mean) / std
         with torch.inference_mode():
             x = inputs.to(self.device)
-            if self.half:
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
+            if self.half or self.precision == "bf16":
+                dtype = torch.float16 if self.half else torch.bfloat16
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
                     out = lane.model(x)
             else:
                 out = lane.model(x)
@@ -292,7 +306,7 @@ class Separator:
             excess = out.shape[-1] - chunk
             out = out[..., excess // 2 : excess // 2 + chunk][:, lane.sources].to("cpu")
         for i, offset in enumerate(batch):
-            lane.accumulate(offset, out[i].clone())
+            lane.accumulate(offset, out[i])
         lane.done += len(batch)
 
     def stream(

@@ -76,12 +76,19 @@ def test_ema_averages_and_swaps_back():
     ema = EMA(model, decay=0.5)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model)
-    ema.update(model)
-    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.75))
+    ema.update(model)  # warm-up decay min(0.5, 1/10) = 0.1 -> 0.9
+    ema.update(model)  # min(0.5, 2/11) -> 0.9 * 2/11 + 9/11
+    expected = 0.9 * 2 / 11 + 9 / 11
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), expected))
+    for _ in range(20):  # past the warm-up the decay is the configured 0.5
+        ema.update(model)
+    assert ema.current_decay == 0.5
     with ema.swapped(model):
-        assert torch.allclose(model.weight, torch.full((1, 2), 0.75))
+        assert torch.allclose(model.weight, torch.full((1, 2), 1.0), atol=1e-6)
     assert torch.allclose(model.weight, torch.ones(1, 2))
+    restored = EMA(model, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == ema.updates == 22
 
 
 def test_yaml_and_assignments(tmp_path):

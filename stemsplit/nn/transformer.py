@@ -1,9 +1,10 @@
 """The cross-domain transformer at the bottleneck of Hybrid Transformer Demucs (v4).
 
 Owns: positional embeddings (1D sinusoidal, CAPE, learnt "scaled", 2D sinusoidal), multi-head
-attention on `scaled_dot_product_attention` (dense, or restricted by a fixed sparsity pattern),
-self- and cross-attention layers, and `CrossTransformerEncoder`, which alternates them over the
-spectrogram tokens and the waveform tokens. Tensors are batch-first: (B, tokens, channels).
+attention on `scaled_dot_product_attention` (dense, or restricted by a fixed sparsity pattern;
+head by head with plain matrix products for bfloat16 on the CPU), self- and cross-attention
+layers, and `CrossTransformerEncoder`, which alternates them over the spectrogram tokens and the
+waveform tokens. Tensors are batch-first: (B, tokens, channels).
 Constructor keywords and state_dict keys match demucs 4.1.0's `CrossTransformerEncoder`.
 Must not: know about convolutions, STFTs or the U-Nets around it.
 """
@@ -155,9 +156,24 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, t.shape[1], heads, dim // heads).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
-                                         dropout_p=dropout)
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and mask is None and not dropout:
+        out = _attend_by_head(split(q), split(k), split(v))
+    else:
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
+                                             dropout_p=dropout)
     return out.transpose(1, 2).reshape(batch, n_q, dim)
+
+
+def _attend_by_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain softmax attention, one head at a time, for bfloat16 on the CPU.
+
+    There the fused flash kernel is about 2.5x slower than two bf16 matrix products per head;
+    going head by head keeps the score matrix small (tokens^2, not heads x tokens^2).
+    """
+    scale = q.shape[-1] ** -0.5
+    heads = [torch.matmul(torch.matmul(q[:, h] * scale, k[:, h].transpose(-1, -2)).softmax(-1),
+                          v[:, h]) for h in range(q.shape[1])]
+    return torch.stack(heads, dim=1)
 
 
 class PackedAttention(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from stemsplit.synth import dsp
-from stemsplit.synth.compose import Chord, Note, Plan, humanize
+from stemsplit.synth.compose import Chord, Note, Plan, humanize, pick
 
 F32 = np.float32
 VOICES = ("saw", "square", "sine", "fm", "808", "finger", "pick", "slap", "upright")
@@ -44,8 +44,8 @@ def _nearest(pc: int, center: float) -> int:
     return base + (pc - base) % 12
 
 
-def _line_bar(rng: np.random.Generator, plan: Plan, bar: int, kind: str, center: float,
-              prev: int) -> list[tuple[float, float, int, float]]:
+def _line_bar(rng: np.random.Generator, plan: Plan, bar: int, kind: str,
+              center: float) -> list[tuple[float, float, int, float]]:
     """One bar of (step, length in steps, pitch, velocity)."""
     steps = plan.steps_per_bar
     out: list[tuple[float, float, int, float]] = []
@@ -79,8 +79,11 @@ def _line_bar(rng: np.random.Generator, plan: Plan, bar: int, kind: str, center:
                 p += 12
             out.append((s, 1.6, p, 0.9 if s % 4 == 0 else 0.75))
     elif kind == "syncopated":
-        grid = [s for s in range(steps) if rng.random() < (0.7 if s % 4 == 0 else 0.25 if s % 2 == 0 else 0.15)]
-        grid = sorted(set(grid) | {0})
+        if rng.random() < 0.6:  # lock to the accents the kick drum may also play
+            grid = sorted(set(plan.accents) | {0})
+        else:
+            grid = [s for s in range(steps) if rng.random() < (0.7 if s % 4 == 0 else 0.25 if s % 2 == 0 else 0.15)]
+            grid = sorted(set(grid) | {0})
         for i, s in enumerate(grid):
             nxt = grid[i + 1] if i + 1 < len(grid) else steps
             p = root(s) if rng.random() < 0.75 else fifth(s) - 12 * (rng.random() < 0.5)
@@ -124,17 +127,15 @@ def _line_bar(rng: np.random.Generator, plan: Plan, bar: int, kind: str, center:
 def write_part(rng: np.random.Generator, plan: Plan, kind: str, center: float) -> list[Note]:
     """The bass notes of the whole song."""
     notes: list[Note] = []
-    prev = int(center)
     for bar in range(len(plan.bars)):
         sec = plan.section(bar)
         if not sec.active["bass"]:
             continue
-        for step, length, pitch, vel in _line_bar(rng, plan, bar, kind, center, prev):
+        for step, length, pitch, vel in _line_bar(rng, plan, bar, kind, center):
             start = humanize(rng, plan, plan.time(bar, step), 0.6)
             dur = max(length * plan.step_seconds * rng.uniform(0.85, 1.0), 0.05)
             v = float(np.clip(vel * rng.normal(1.0, 0.06) * (0.8 + 0.3 * sec.intensity), 0.1, 1.0))
             notes.append(Note(start=start, dur=dur, pitch=float(pitch), vel=v))
-            prev = pitch
     return notes
 
 
@@ -155,30 +156,39 @@ class BassVoice:
         self.bright = rng.uniform(0.0, 0.6)
         self.release = rng.uniform(0.02, 0.08)
         self.drive = rng.uniform(1.0, 3.0) if rng.random() < 0.4 else 0.0
+        self.glide_time = rng.uniform(0.02, 0.08)
         self.rng = rng
 
-    def note(self, pitch: float, dur: float, vel: float) -> np.ndarray:
+    def note(self, pitch: float, dur: float, vel: float, glide_from: float | None = None) -> np.ndarray:
+        """A mono note; synth voices slide in from `glide_from` (MIDI) when given (808 glides)."""
         sr = self.sr
         freq = float(dsp.midi_to_hz(pitch))
         n = int((dur + self.release * 4) * sr)
         if self.kind in ("finger", "pick", "slap", "upright"):
             out = self._string(freq, n, vel)
         else:
-            out = self._synth(freq, n, dur, vel)
+            start = float(dsp.midi_to_hz(glide_from)) if glide_from is not None else None
+            out = self._synth(freq, n, dur, vel, start)
         env = dsp.adsr(n, sr, 0.003, 10.0, 1.0, self.release, dur)
         out = out * env
         if self.drive:
             out = dsp.soft_clip(out * F32(self.drive), 1.0)
         return dsp.fade(out, sr, 0.001, 0.005)
 
-    def _synth(self, freq: float, n: int, dur: float, vel: float) -> np.ndarray:
+    def _synth(self, freq: float, n: int, dur: float, vel: float, start_freq: float | None) -> np.ndarray:
         sr = self.sr
+        if start_freq is not None:
+            t = np.arange(n, dtype=np.float64) / sr
+            glide = np.exp(np.log(start_freq / freq) * np.exp(-t / self.glide_time))  # log-frequency slide
+            freq_track: np.ndarray | float = freq * glide
+        else:
+            freq_track = freq
         if self.kind == "808":
             t = np.arange(n, dtype=np.float64) / sr
-            f = freq * (1.0 + 0.5 * np.exp(-t / 0.03))
+            f = freq_track * (1.0 + 0.5 * np.exp(-t / 0.03) * (start_freq is None))
             tone = dsp.sine(dsp.phase_from_freq(f, n, sr)) * dsp.exp_decay(n, sr, max(dur, 0.3) * 1.2)
             return dsp.soft_clip(tone * F32(1.5), 1.2)
-        phase = dsp.phase_from_freq(freq, n, sr)
+        phase = dsp.phase_from_freq(freq_track, n, sr)
         if self.kind == "sine":
             tone = dsp.sine(phase) + F32(0.15) * dsp.sine(phase * 2)
             return tone
@@ -186,7 +196,7 @@ class BassVoice:
             mod_env = dsp.exp_decay(n, sr, self.env_time * 2)
             mod = np.sin(2 * np.pi * (phase * self.fm_ratio % 1.0)).astype(F32) * mod_env * F32(self.fm_index)
             return np.sin(2 * np.pi * (phase % 1.0) + mod).astype(F32)
-        raw = dsp.saw(phase, freq, sr) if self.kind == "saw" else dsp.square(phase, freq, sr, 0.5)
+        raw = dsp.saw(phase, freq_track, sr) if self.kind == "saw" else dsp.square(phase, freq_track, sr, 0.5)
         dark = dsp.lowpass(raw, self.cut_lo, sr, 2)
         bright = dsp.lowpass(raw, self.cut_hi * (0.6 + 0.4 * vel), sr, 2)
         sweep = dsp.exp_decay(n, sr, self.env_time)
@@ -201,7 +211,7 @@ class BassVoice:
         tone = {"finger": 14.0, "pick": 30.0, "slap": 50.0, "upright": 10.0}[self.kind] * (0.7 + 0.6 * self.bright)
         exc = dsp.pluck_excitation(self.rng, period, pluck_pos * self.rng.uniform(0.8, 1.2), 0.1)
         exc = np.tile(exc, 3)
-        exc = dsp.lowpass(exc, freq * hardness, sr, 2)[-period:]
+        exc = dsp.lowpass(exc, freq * hardness * (0.6 + 0.8 * vel), sr, 2)[-period:]  # harder = brighter
         decay = {"upright": 0.7, "slap": 1.5}.get(self.kind, self.decay)
         out = dsp.karplus_strong(exc, freq, n, sr, decay, 0.1)
         if self.kind == "slap":
@@ -215,16 +225,24 @@ class BassVoice:
         return out / F32(peak)
 
 
-def render(rng: np.random.Generator, plan: Plan, sr: int, length: int) -> np.ndarray:
-    """Render the bass stem (2, length) before stem-level production."""
+def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
+           exclude: frozenset[str] = frozenset()) -> np.ndarray:
+    """Render the bass stem (2, length) before stem-level production; `exclude` holds out voices."""
     line = _STYLE_LINES[plan.style]
     kind = str(rng.choice(line)) if rng.random() < 0.85 else str(rng.choice(LINES))
     voices = _STYLE_VOICES[plan.style]
-    voice_kind = str(rng.choice(voices)) if rng.random() < 0.75 else str(rng.choice(VOICES))
+    preferred = pick(rng, voices, exclude) if rng.random() < 0.75 else None
+    voice_kind = preferred or pick(rng, VOICES, exclude) or "sine"
     center = rng.uniform(33, 45) if voice_kind != "808" else rng.uniform(30, 38)
     notes = write_part(rng, plan, kind, center)
     voice = BassVoice(rng, voice_kind, sr)
+    glides = voice_kind in ("808", "saw", "square", "sine") and rng.random() < (0.6 if voice_kind == "808" else 0.2)
     mono = np.zeros(length, dtype=F32)
+    prev: Note | None = None
     for note in notes:
-        dsp.add_at(mono, voice.note(note.pitch, note.dur, note.vel) * F32(note.vel), int(round(note.start * sr)))
+        legato = prev is not None and note.start - (prev.start + prev.dur) < 0.03 and prev.pitch != note.pitch
+        glide_from = prev.pitch if (glides and legato and rng.random() < 0.5) else None
+        audio = voice.note(note.pitch, note.dur, note.vel, glide_from) * F32(note.vel)
+        dsp.add_at(mono, audio, int(round(note.start * sr)))
+        prev = note
     return dsp.to_stereo(mono, float(rng.normal(0, 0.05)))

@@ -94,7 +94,6 @@ class Note:
     pitch: float = 0.0
     vel: float = 0.8
     piece: str = ""
-    syllable: int = -1
 
 
 @dataclass
@@ -116,7 +115,7 @@ class Plan:
     offset: float             # seconds of bar 0 relative to the start of the rendered buffer
     humanize: float
     rap: bool
-    seconds: float
+    accents: tuple[int, ...] = ()   # syncopated grid steps the kick drum and the bass lock to
     section_of_bar: list[int] = field(default_factory=list)
 
     @property
@@ -228,6 +227,7 @@ def _active(rng: np.random.Generator, name: str) -> dict[str, bool]:
         on["drums"] = rng.random() < 0.9
     elif name == "bridge":
         on["drums"] = rng.random() < 0.7
+        on["vocals"] = rng.random() < 0.65  # else an instrumental bridge (a solo in "other")
     return on
 
 
@@ -295,10 +295,12 @@ def make_plan(rng: np.random.Generator, seconds: float, *, styles: tuple[str, ..
             section_of_bar.append(len(sections))
         sections.append(sec)
     _ensure_presence(rng, sections)
+    accents = tuple(sorted({0} | {s for s in range(2, steps) if rng.random() < (0.3 if s % 2 == 0 else 0.15)}))
     return Plan(style=style, bpm=bpm, meter=meter, quarters_per_bar=quarters, steps_per_bar=steps,
                 swing=swing, swing_unit=swing_unit, key=key, mode=mode, scale=scale, bars=bars,
                 sections=sections, offset=-lead_in, humanize=float(rng.uniform(0.002, 0.015)),
-                rap=bool(rng.random() < cfg["rap"]), seconds=seconds, section_of_bar=section_of_bar)
+                rap=bool(rng.random() < cfg["rap"]), section_of_bar=section_of_bar,
+                accents=accents)
 
 
 def _ensure_presence(rng: np.random.Generator, sections: list[Section]) -> None:
@@ -309,6 +311,13 @@ def _ensure_presence(rng: np.random.Generator, sections: list[Section]) -> None:
             longest.active[stem] = True
     if not any(s.active["vocals"] for s in sections[:2]) and rng.random() < 0.7:
         sections[0].active["vocals"] = sections[0].name != "intro" or rng.random() < 0.3
+
+
+def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str],
+         exclude: frozenset[str] = frozenset()) -> str | None:
+    """A random option that is not held out (None when every option is excluded)."""
+    allowed = [o for o in options if o not in exclude]
+    return str(allowed[int(rng.integers(len(allowed)))]) if allowed else None
 
 
 def humanize(rng: np.random.Generator, plan: Plan, t: float, amount: float = 1.0) -> float:

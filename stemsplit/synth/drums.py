@@ -1,182 +1,20 @@
-"""The drums stem: kit synthesis (electronic, acoustic-like, sampled/lo-fi) and genre patterns.
+"""The drums stem: genre grooves with fills and crashes, played on a kit from kit.py.
 
-Owns the drum kit one-shots (each piece rendered once per song in a few round-robin variants,
-as a sampled kit would play them), the per-style groove writer with fills and crashes, and the
-placement of hits into a stereo track. It must not apply stem-level production (effects.py) nor
-decide song structure (compose.py).
+Owns the per-style groove writer (rock, pop, funk, hip-hop, electronic, trap, jazz ride, ballad,
+reggae one-drop, folk, metal; 3/4 and 6/8 feels), fills, crashes, hi-hat choke, drummer's-view
+panning and the placement of hits into a stereo track. It must not synthesize kit pieces
+(kit.py), apply stem-level production (effects.py) nor decide song structure (compose.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from stemsplit.synth import dsp
-from stemsplit.synth.compose import Note, Plan, humanize
+from stemsplit.synth import dsp, kit
+from stemsplit.synth.compose import Note, Plan, humanize, pick
+from stemsplit.synth.kit import KIT_KINDS, PERCUSSION
 
 F32 = np.float32
-KIT_KINDS = ("electronic", "acoustic", "sampled", "808")
 TOMS = ("tom_hi", "tom_mid", "tom_lo")
-
-
-# ---- kit pieces ------------------------------------------------------------------------------
-
-def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.standard_normal(n).astype(F32)
-
-
-def _kick(rng: np.random.Generator, sr: int, kind: str) -> np.ndarray:
-    dur = rng.uniform(0.25, 0.7) if kind != "808" else rng.uniform(0.6, 1.4)
-    n = int(dur * sr)
-    f_end = rng.uniform(38, 62)
-    f_start = f_end * rng.uniform(2.0, 5.0)
-    sweep = rng.uniform(0.015, 0.06)
-    t = np.arange(n, dtype=np.float64) / sr
-    freq = f_end + (f_start - f_end) * np.exp(-t / sweep)
-    body = dsp.sine(dsp.phase_from_freq(freq, n, sr)) * dsp.exp_decay(n, sr, dur / rng.uniform(2.5, 5))
-    click_n = int(0.006 * sr)
-    click = dsp.highpass(_noise(rng, click_n), rng.uniform(1500, 5000), sr) * dsp.exp_decay(click_n, sr, 0.0015)
-    body[:click_n] += click * F32(rng.uniform(0.1, 0.6))
-    if kind == "acoustic":
-        beater = dsp.bandpass(_noise(rng, n), 80, 900, sr) * dsp.exp_decay(n, sr, 0.03)
-        body += beater * F32(rng.uniform(0.2, 0.5))
-    if kind in ("808", "sampled") and rng.random() < 0.6:
-        body = dsp.soft_clip(body, rng.uniform(1.5, 4.0))
-    return body
-
-
-def _snare(rng: np.random.Generator, sr: int, kind: str) -> np.ndarray:
-    n = int(rng.uniform(0.18, 0.45) * sr)
-    f1 = rng.uniform(160, 250)
-    tone = (dsp.sine(dsp.phase_from_freq(f1, n, sr)) + 0.6 * dsp.sine(dsp.phase_from_freq(f1 * 1.59, n, sr)))
-    tone *= dsp.exp_decay(n, sr, rng.uniform(0.03, 0.09))
-    lo, hi = rng.uniform(800, 2500), rng.uniform(6000, 12000)
-    wires = dsp.bandpass(_noise(rng, n), lo, hi, sr) * dsp.exp_decay(n, sr, rng.uniform(0.05, 0.16))
-    mix = tone * F32(rng.uniform(0.3, 0.8)) + wires * F32(rng.uniform(0.6, 1.2))
-    if kind == "acoustic":
-        mix = mix + dsp.resonator(_noise(rng, n), rng.uniform(300, 600), 8, sr) * dsp.exp_decay(n, sr, 0.12) * 0.3
-    return mix
-
-
-def _clap(rng: np.random.Generator, sr: int) -> np.ndarray:
-    n = int(rng.uniform(0.2, 0.4) * sr)
-    env = np.zeros(n, dtype=F32)
-    gap = rng.uniform(0.007, 0.013)
-    for k in range(int(rng.integers(3, 5))):
-        s = int(k * gap * sr)
-        env[s:] += dsp.exp_decay(n - s, sr, 0.004 if k < 3 else rng.uniform(0.04, 0.1))
-    return dsp.bandpass(_noise(rng, n), rng.uniform(700, 1300), rng.uniform(2500, 6000), sr) * env
-
-
-def _metal(rng: np.random.Generator, n: int, sr: int, base: float) -> np.ndarray:
-    """The classic six detuned square waves, the metallic core of hats and cymbals."""
-    ratios = np.array([1.0, 1.4829, 1.8003, 2.5461, 2.6303, 3.8966]) * base
-    ratios *= rng.uniform(0.97, 1.03, size=6)
-    t = np.arange(n, dtype=np.float64) / sr
-    out = np.zeros(n, dtype=F32)
-    for f in ratios:
-        out += ((t * f + rng.random()) % 1.0 < 0.5).astype(F32)
-    return (out - F32(3.0)) / F32(3.0)
-
-
-def _hat(rng: np.random.Generator, sr: int, decay: float, kind: str) -> np.ndarray:
-    n = int(max(decay * 5, 0.05) * sr)
-    metal = _metal(rng, n, sr, rng.uniform(280, 420))
-    src = metal * F32(rng.uniform(0.3, 1.0)) + _noise(rng, n) * F32(rng.uniform(0.3, 1.0))
-    out = dsp.highpass(src, rng.uniform(6000, 9000) if kind != "sampled" else rng.uniform(4000, 7000), sr, 4)
-    return out * dsp.exp_decay(n, sr, decay)
-
-
-def _cymbal(rng: np.random.Generator, sr: int, decay: float, bell: bool) -> np.ndarray:
-    n = int(min(decay * 3.5, 2.5) * sr)
-    src = _metal(rng, n, sr, rng.uniform(300, 500)) * 0.8 + _noise(rng, n)
-    out = dsp.highpass(src, rng.uniform(3000, 6000), sr, 2)
-    out *= dsp.exp_decay(n, sr, decay)
-    if bell:
-        ping = sum(dsp.sine(dsp.phase_from_freq(f, n, sr)) for f in rng.uniform(700, 3000, size=3))
-        out += ping * dsp.exp_decay(n, sr, decay * 0.5) * F32(0.25)
-    attack = int(0.002 * sr)
-    out[:attack] *= np.linspace(0, 1, attack, dtype=F32)
-    return out
-
-
-def _tom(rng: np.random.Generator, sr: int, freq: float) -> np.ndarray:
-    n = int(rng.uniform(0.3, 0.7) * sr)
-    t = np.arange(n, dtype=np.float64) / sr
-    f = freq * (1.0 + 0.4 * np.exp(-t / 0.02))
-    body = dsp.sine(dsp.phase_from_freq(f, n, sr)) + 0.3 * dsp.sine(dsp.phase_from_freq(f * 1.5, n, sr))
-    body *= dsp.exp_decay(n, sr, rng.uniform(0.12, 0.3))
-    hit = dsp.bandpass(_noise(rng, n), 200, 3000, sr) * dsp.exp_decay(n, sr, 0.01)
-    return body + hit * F32(0.4)
-
-
-def _perc(rng: np.random.Generator, sr: int, piece: str) -> np.ndarray:
-    if piece == "shaker":
-        n = int(0.09 * sr)
-        env = np.sin(np.linspace(0, np.pi, n, dtype=F32)) ** 2
-        return dsp.highpass(_noise(rng, n), rng.uniform(5000, 8000), sr, 2) * env * 0.5
-    if piece == "tambourine":
-        n = int(0.25 * sr)
-        return dsp.highpass(_metal(rng, n, sr, rng.uniform(800, 1200)) + _noise(rng, n) * 0.5,
-                            6000, sr) * dsp.exp_decay(n, sr, 0.06)
-    if piece == "cowbell":
-        n = int(0.3 * sr)
-        f = rng.uniform(520, 600)
-        tone = np.sign(dsp.sine(dsp.phase_from_freq(f, n, sr))) + np.sign(dsp.sine(dsp.phase_from_freq(f * 1.48, n, sr)))
-        return dsp.bandpass(tone.astype(F32), 400, 3000, sr) * dsp.exp_decay(n, sr, 0.07) * 0.5
-    if piece in ("conga", "bongo"):
-        n = int(0.25 * sr)
-        f = rng.uniform(180, 260) if piece == "conga" else rng.uniform(300, 450)
-        t = np.arange(n, dtype=np.float64) / sr
-        return dsp.sine(dsp.phase_from_freq(f * (1 + 0.15 * np.exp(-t / 0.01)), n, sr)) * dsp.exp_decay(n, sr, 0.06)
-    if piece == "rim":
-        n = int(0.06 * sr)
-        return (dsp.resonator(_noise(rng, n), rng.uniform(1500, 2500), 12, sr) * 3
-                + dsp.sine(dsp.phase_from_freq(rng.uniform(400, 900), n, sr)) * 0.5) * dsp.exp_decay(n, sr, 0.01)
-    n = int(0.08 * sr)  # clave / woodblock
-    return dsp.sine(dsp.phase_from_freq(rng.uniform(1800, 2600), n, sr)) * dsp.exp_decay(n, sr, 0.015)
-
-
-PERCUSSION = ("shaker", "tambourine", "cowbell", "conga", "bongo", "rim", "clave")
-
-
-def make_kit(rng: np.random.Generator, sr: int, kind: str) -> dict[str, list[np.ndarray]]:
-    """A drum kit: each piece as 2-3 slightly different one-shots (round-robin samples)."""
-    toms = sorted(rng.uniform(80, 260, size=3), reverse=True)
-    open_decay = rng.uniform(0.15, 0.5)
-    builders = {
-        "kick": lambda r: _kick(r, sr, kind),
-        "snare": lambda r: _snare(r, sr, kind),
-        "clap": lambda r: _clap(r, sr),
-        "hat_closed": lambda r: _hat(r, sr, r.uniform(0.015, 0.05), kind),
-        "hat_pedal": lambda r: _hat(r, sr, 0.02, kind) * 0.6,
-        "hat_open": lambda r: _hat(r, sr, open_decay, kind),
-        "ride": lambda r: _cymbal(r, sr, r.uniform(0.6, 1.5), bell=True),
-        "crash": lambda r: _cymbal(r, sr, r.uniform(0.9, 2.2), bell=False),
-        "tom_hi": lambda r: _tom(r, sr, toms[0]),
-        "tom_mid": lambda r: _tom(r, sr, toms[1]),
-        "tom_lo": lambda r: _tom(r, sr, toms[2]),
-    }
-    for p in PERCUSSION:
-        builders[p] = lambda r, p=p: _perc(r, sr, p)
-    kit: dict[str, list[np.ndarray]] = {}
-    for piece, build in builders.items():
-        seed = int(rng.integers(2**62))
-        variants = []
-        for v in range(2 if piece in ("crash", "ride") else 3):
-            sample = build(np.random.default_rng([seed, v]))
-            if kind == "sampled":
-                sample = _lofi(sample, sr, seed)
-            peak = float(np.max(np.abs(sample))) or 1.0
-            variants.append(dsp.fade(sample / F32(peak), sr, 0.0, 0.01))
-        kit[piece] = variants
-    return kit
-
-
-def _lofi(x: np.ndarray, sr: int, seed: int) -> np.ndarray:
-    """A sampled-from-vinyl character: band-limited, bit-reduced, a little saturated."""
-    rng = np.random.default_rng(seed)
-    x = dsp.lowpass(x, rng.uniform(5000, 11000), sr)
-    steps = F32(2 ** rng.integers(7, 11))
-    return dsp.soft_clip(np.round(x * steps) / steps, 1.5)
 
 
 # ---- patterns -------------------------------------------------------------------------------
@@ -255,6 +93,8 @@ def _groove(rng: np.random.Generator, plan: Plan, intensity: float) -> list[tupl
     add(("kick", 0, 1.0))
     kicks = {"rock": [8, 10, 6, 14], "pop": [8, 6, 10, 11], "funk": [3, 6, 10, 11, 14],
              "hiphop": [7, 10, 11, 3, 14], "ballad": [8, 10], "folk": [8, 6]}.get(style, [8])
+    if rng.random() < 0.5:  # lock the kick to the song's accent pattern (the bass may follow it too)
+        kicks = [s for s in plan.accents if s and s % 8 != 4] or kicks
     n_extra = int(np.clip(rng.normal(1.5 + 1.5 * intensity, 0.8), 0, len(kicks)))
     for s in kicks[:max(n_extra, 1)]:
         add(("kick", s, rng.uniform(0.75, 0.95)))
@@ -349,14 +189,17 @@ def _pans(rng: np.random.Generator) -> dict[str, float]:
     return {k: v * spread for k, v in pans.items()}
 
 
-def render(rng: np.random.Generator, plan: Plan, sr: int, length: int) -> np.ndarray:
-    """Render the drum stem (2, length) before stem-level production."""
-    kind = KIT_KINDS[int(rng.integers(len(KIT_KINDS)))]
-    if plan.style == "trap" and rng.random() < 0.7:
+def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
+           exclude: frozenset[str] = frozenset()) -> np.ndarray:
+    """Render the drum stem (2, length) before stem-level production (no kit kind in `exclude`)."""
+    kind = pick(rng, KIT_KINDS[:-1], exclude) or "brushes"  # brushes only where they belong
+    if plan.style == "trap" and rng.random() < 0.7 and "808" not in exclude:
         kind = "808"
-    kit = make_kit(rng, sr, kind)
+    if plan.style in ("jazz", "ballad", "folk") and rng.random() < 0.4 and "brushes" not in exclude:
+        kind = "brushes"
+    pieces = kit.make_kit(rng, sr, kind)
     pans = _pans(rng)
-    gains = {p: dsp.db(rng.uniform(-3, 3)) for p in kit}
+    gains = {p: dsp.db(rng.uniform(-3, 3)) for p in pieces}
     gains["hat_closed"] *= 0.5
     gains["hat_open"] *= 0.5
     gains["ride"] *= 0.45
@@ -367,7 +210,7 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int) -> np.nda
     out = np.zeros((2, length), dtype=F32)
     hat_times = [n.start for n in notes if n.piece in ("hat_closed", "hat_pedal")]
     for note in notes:
-        variants = kit[note.piece]
+        variants = pieces[note.piece]
         sample = variants[int(rng.integers(len(variants)))]
         if note.piece == "hat_open":  # a closed hat chokes the ringing open one
             later = [t for t in hat_times if t > note.start + 1e-3]

@@ -74,6 +74,19 @@ def triangle(phase: np.ndarray) -> np.ndarray:
     return (4.0 * np.abs(t - 0.5) - 1.0).astype(F32)
 
 
+def decaying_sines(freqs: list[float], taus: list[float], amps: list[float], n: int, sr: int) -> np.ndarray:
+    """Sum of A sin(2 pi f t) exp(-t / tau): each partial is the impulse response of a two-pole
+    resonator, one C-level recursion per partial instead of computing phases, sines and decays."""
+    impulse = np.zeros(n, dtype=np.float64)
+    impulse[0] = 1.0
+    out = np.zeros(n, dtype=np.float64)
+    for f, tau, amp in zip(freqs, taus, amps):
+        w = 2.0 * np.pi * f / sr
+        r = np.exp(-1.0 / (max(tau, 1e-4) * sr))
+        out += signal.lfilter([0.0, amp * r * np.sin(w)], [1.0, -2.0 * r * np.cos(w), r * r], impulse)
+    return out.astype(F32)
+
+
 def adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release: float,
          gate: float) -> np.ndarray:
     """Linear-attack, exponential-decay/release envelope over n samples; the note is held for `gate` s."""
@@ -195,11 +208,6 @@ def resonator(x: np.ndarray, freq: float, q: float, sr: int) -> np.ndarray:
     """Constant-peak band-pass resonance (a struck body mode, a formant-like bump)."""
     b, a = signal.iirpeak(_clip_freq(freq, sr), max(q, 0.3), fs=sr)
     return signal.lfilter(b, a, x, axis=-1).astype(F32)
-
-
-def one_pole_lowpass(x: np.ndarray, coef: float) -> np.ndarray:
-    """y[n] = (1 - c) x[n] + c y[n-1]: a gentle tone control (c in [0, 1))."""
-    return signal.lfilter([1.0 - coef], [1.0, -coef], x, axis=-1).astype(F32)
 
 
 # ---- physical models ---------------------------------------------------------------------------

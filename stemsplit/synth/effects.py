@@ -121,6 +121,32 @@ def delay(x: np.ndarray, sr: int, seconds: float, feedback: float, mix: float, p
     return out
 
 
+def chorus(x: np.ndarray, sr: int, rate: float, depth_ms: float, mix: float, rng: np.random.Generator) -> np.ndarray:
+    """A modulated short delay per channel (opposite LFO phases), mixed with the dry signal."""
+    n = x.shape[-1]
+    t = np.arange(n, dtype=np.float64)
+    out = x.copy()
+    phase = rng.random() * 2 * np.pi
+    for ch in range(x.shape[0]):
+        lag = (depth_ms * 1e-3 * sr) * (1.5 + np.sin(2 * np.pi * rate * t / sr + phase + np.pi * ch))
+        out[ch] += np.interp(t - lag, t, x[ch], left=0.0).astype(F32) * F32(mix)
+    return out
+
+
+def telephone(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A narrow, driven band (300 Hz - 3.4 kHz ish): the lo-fi/megaphone vocal sound."""
+    band = dsp.bandpass(x, rng.uniform(250, 600), rng.uniform(2500, 4500), sr, 4)
+    peak = float(np.max(np.abs(band))) or 1.0
+    return dsp.soft_clip(band / F32(peak), rng.uniform(1.5, 5.0)) * F32(peak)
+
+
+def pump(x: np.ndarray, sr: int, beat: float, offset: float, depth: float, recovery: float) -> np.ndarray:
+    """Side-chain "pumping": the level ducks on every beat (where the kick is) and recovers."""
+    t = (np.arange(x.shape[-1], dtype=np.float64) / sr - offset) % beat
+    gain = 1.0 - depth * np.exp(-t / recovery)
+    return (x * gain.astype(F32)).astype(F32)
+
+
 def width(x: np.ndarray, amount: float) -> np.ndarray:
     """Mid/side width: 0 = mono, 1 = unchanged, >1 = wider."""
     mid = (x[0] + x[1]) * F32(0.5)
@@ -139,22 +165,33 @@ def haas(x: np.ndarray, sr: int, ms: float) -> np.ndarray:
 
 
 def produce(rng: np.random.Generator, x: np.ndarray, sr: int, stem: str, bpm: float,
-            room: tuple[float, float]) -> np.ndarray:
-    """A random but stem-appropriate production chain; `room` is the song's (rt60, damping)."""
+            room: tuple[float, float], duck: tuple[float, float] | None = None) -> np.ndarray:
+    """A random but stem-appropriate production chain; `room` is the song's (rt60, damping).
+
+    `duck` = (depth, beat offset in seconds) side-chains bass and other to the beat (dance styles)."""
     if not np.any(x):
         return x
     x = eq(x, sr, rng, stem)
+    if duck is not None and stem in ("bass", "other"):
+        x = pump(x, sr, 60.0 / bpm, duck[1], duck[0], rng.uniform(0.06, 0.15))
     if rng.random() < {"drums": 0.7, "bass": 0.8, "other": 0.5, "vocals": 0.85}[stem]:
         x = compress(x, sr, threshold_db=float(10 * np.log10(np.mean(x ** 2) + 1e-12) + rng.uniform(-2, 8)),
                      ratio=rng.uniform(1.5, 8), attack=rng.uniform(0.002, 0.03), release=rng.uniform(0.05, 0.3))
     if rng.random() < {"drums": 0.35, "bass": 0.4, "other": 0.25, "vocals": 0.2}[stem]:
         x = saturate(x, rng.uniform(1.5, 6), rng.uniform(0.2, 0.8))
+    if stem == "vocals" and rng.random() < 0.06:
+        x = telephone(x, sr, rng)
+    if stem in ("other", "vocals") and rng.random() < 0.12:
+        x = chorus(x, sr, rng.uniform(0.2, 1.5), rng.uniform(2, 8), rng.uniform(0.3, 0.7), rng)
     if stem in ("other", "vocals") and rng.random() < 0.3:
         x = haas(x, sr, rng.uniform(5, 20))
     if stem in ("other", "vocals") and rng.random() < (0.35 if stem == "vocals" else 0.2):
         beat = 60.0 / bpm
-        x = delay(x, sr, beat * float(rng.choice([0.5, 0.75, 1.0])), rng.uniform(0.2, 0.5),
-                  rng.uniform(0.1, 0.35), rng.random() < 0.5, rng)
+        if rng.random() < 0.3:  # slapback: one quick echo
+            x = delay(x, sr, rng.uniform(0.07, 0.14), 0.0, rng.uniform(0.15, 0.4), False, rng)
+        else:
+            x = delay(x, sr, beat * float(rng.choice([0.5, 0.75, 1.0])), rng.uniform(0.2, 0.5),
+                      rng.uniform(0.1, 0.35), rng.random() < 0.5, rng)
     send = {"drums": 0.5, "bass": 0.1, "other": 0.7, "vocals": 0.85}[stem]
     if rng.random() < send:
         rt60 = room[0] * rng.uniform(0.7, 1.3) * (0.5 if stem in ("drums", "bass") else 1.0)

@@ -12,13 +12,16 @@ from typing import Sequence
 
 import numpy as np
 
-from stemsplit.synth import bass, compose, drums, effects, instruments, vocals
+from stemsplit.synth import bass, compose, drums, effects, instruments, kit, singer, vocals
 
 F32 = np.float32
 SOURCES = ("drums", "bass", "other", "vocals")
+# Sound sources that `exclude` can hold out, by family.
+COMPONENTS = {"drum kit": kit.KIT_KINDS, "bass voice": bass.VOICES, "instrument": instruments.KINDS,
+              "voice type": tuple(singer.VOICE_TYPES), "vocal model": singer.MODELS}
 
 
-def _check(seconds: float, samplerate: int, channels: int, styles, vocal_modes) -> None:
+def _check(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if samplerate < 8000:
@@ -31,12 +34,19 @@ def _check(seconds: float, samplerate: int, channels: int, styles, vocal_modes) 
     for m in vocal_modes or ():
         if m not in vocals.MODES:
             raise ValueError(f"unknown vocal mode {m!r}; choose from {', '.join(vocals.MODES)}")
+    known = {name for names in COMPONENTS.values() for name in names}
+    for name in exclude:
+        if name not in known:
+            raise ValueError(f"cannot exclude {name!r}; choose from {', '.join(sorted(known))}")
+    for family, names in COMPONENTS.items():
+        if set(names) <= set(exclude):
+            raise ValueError(f"exclude leaves no {family}")
 
 
 def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: int = 2, *,
                 styles: Sequence[str] | None = None, vocal_modes: Sequence[str] | None = None,
                 soundfont: str | Path | None = None, soundfont_share: float = 0.5,
-                production: bool = True, excerpt: bool = False,
+                exclude: Sequence[str] = (), production: bool = True, excerpt: bool = False,
                 loudness: tuple[float, float] = (-24.0, -12.0)) -> dict[str, np.ndarray]:
     """Render one synthetic song.
 
@@ -53,11 +63,19 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         through it (libfluidsynth) with probability `soundfont_share`, and a GM choir may back the
         vocals. None (default): procedural only. DataError when libfluidsynth or the file is
         missing. Loading a large .sf3 takes seconds once per process.
+      exclude: hold out sound sources by name: drum kits (electronic, acoustic, sampled, 808,
+        brushes), bass voices (saw, square, sine, fm, 808, finger, pick, slap, upright),
+        instruments (piano, epiano, organ, strings, pad, pluck, brass, lead, acoustic_guitar,
+        clean_guitar, dist_guitar, mallet, bells, harp, flute, sax, violin, accordion) and voice
+        types (bass, baritone, tenor, alto, mezzo, soprano) and vocal models (stft: formants
+        applied to short-time spectra; klatt: a time-domain resonator cascade); see
+        `COMPONENTS`. "808" names both the 808 drum kit and the 808 bass.
       production: False skips EQ/compression/saturation/delay/reverb/width (a dry path).
       excerpt: start inside a random section (as a training excerpt), rendering one second of
         preroll so that tails of earlier notes and reverbs are present at the first sample.
     """
-    _check(seconds, samplerate, channels, styles, vocal_modes)
+    _check(seconds, samplerate, channels, styles, vocal_modes, exclude)
+    held_out = frozenset(exclude)
     sr = int(samplerate)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)]
     preroll = 1.0 if excerpt else 0.0
@@ -82,8 +100,8 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     procedural = {"drums": (drums.render, 1), "bass": (bass.render, 2), "other": (instruments.render, 3)}
     for stem, (render, k) in procedural.items():
         if stems[stem] is None:
-            stems[stem] = render(rngs[k], plan, sr, length)
-    sung = vocals.render(rngs[4], plan, sr, length, mode)
+            stems[stem] = render(rngs[k], plan, sr, length, held_out)
+    sung = vocals.render(rngs[4], plan, sr, length, mode, held_out)
     if stems["vocals"] is not None:
         sung_rms = _active_rms(sung, sr)
         stems["vocals"] = sung + stems["vocals"] * F32(sung_rms if sung_rms > 1e-7 else 1.0)
@@ -91,17 +109,20 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         stems["vocals"] = sung
     mix_rng = rngs[5]
     room = (float(mix_rng.uniform(0.3, 2.5)), float(mix_rng.uniform(0.2, 0.9)))
+    dance = plan.style in ("electronic", "trap", "hiphop", "pop") and plan.meter == "4/4"
+    duck = (float(mix_rng.uniform(0.3, 0.8)), plan.offset) if dance and mix_rng.random() < 0.35 else None
     balance = {"drums": 0.0, "bass": -1.0, "other": -3.0, "vocals": 0.5}
     start = length - int(round(seconds * sr))
     out: dict[str, np.ndarray] = {}
     for name in SOURCES:
         x = stems[name]
         if production:
-            x = effects.produce(mix_rng, x, sr, name, plan.bpm, room)
-        x = x[:, start:]
+            x = effects.produce(mix_rng, x, sr, name, plan.bpm, room, duck)
+        # Level from the whole rendered stem (preroll included), so that a stem which only rings
+        # out at the start of an excerpt keeps its tail quiet instead of being boosted.
         rms = _active_rms(x, sr)
         gain = 10 ** ((balance[name] + mix_rng.normal(0, 3.0)) / 20) / rms if rms > 1e-7 else 0.0
-        out[name] = (x * F32(gain)).astype(F32)
+        out[name] = (x[:, start:] * F32(gain)).astype(F32)
     if channels == 1:
         out = {k: np.mean(v, axis=0, keepdims=True, dtype=F32) for k, v in out.items()}
     return _normalise(mix_rng, out, loudness)

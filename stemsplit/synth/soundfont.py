@@ -1,7 +1,8 @@
 """Optional sample-based rendering of a stem through a General MIDI soundfont (libfluidsynth).
 
 Owns the binding to libfluidsynth (through ctypes, loaded on first use; a fresh synth per
-render), the General MIDI program choices per stem, and turning the part
+render, with the soundfont's samples kept warm in fluidsynth's cache per process), the General
+MIDI program choices per stem, and turning the part
 writers' notes into MIDI events rendered offline, sample-accurately and deterministically. The
 internal reverb/chorus of fluidsynth are off: production effects belong to effects.py.
 It must not be required: everything else works without libfluidsynth or a soundfont.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ GM_DRUMS = {"kick": 36, "snare": 38, "clap": 39, "rim": 37, "hat_closed": 42, "h
 DRUM_CHANNEL = 9
 
 _LIB: ctypes.CDLL | None = None
+_KEEPERS: dict[tuple[int, str], tuple[int, int]] = {}
 
 
 def find_soundfonts() -> list[Path]:
@@ -98,9 +101,26 @@ def _lib() -> ctypes.CDLL:
     return _LIB
 
 
+def _keep_loaded(path: Path) -> None:
+    """Hold the whole soundfont in fluidsynth's sample cache for the life of this process.
+
+    Every render needs a fresh synth (a reused one keeps hidden voice state, which breaks
+    bit-identical output), and a fresh synth loading a large .sf3 from scratch takes seconds;
+    with this idle "keeper" synth holding the decoded samples, a fresh one loads in milliseconds.
+    """
+    key = (os.getpid(), str(path))
+    if key not in _KEEPERS:
+        lib = _lib()
+        settings = lib.new_fluid_settings()
+        synth = lib.new_fluid_synth(settings)
+        if not synth or lib.fluid_synth_sfload(synth, str(path).encode(), 0) < 0:
+            raise DataError(f"{path}: fluidsynth cannot load this soundfont")
+        _KEEPERS[key] = (settings, synth)
+
+
 def _new_synth(path: Path, sr: int) -> tuple[int, int, int]:
-    """A fresh (settings, synth, soundfont id): fluidsynth keeps hidden state between renders,
-    so every render gets its own synth (loading a soundfont takes milliseconds)."""
+    """A fresh (settings, synth, soundfont id) for one render, its samples from the warm cache."""
+    _keep_loaded(path)
     lib = _lib()
     settings = lib.new_fluid_settings()
     lib.fluid_settings_setnum(settings, b"synth.sample-rate", float(sr))
@@ -108,6 +128,7 @@ def _new_synth(path: Path, sr: int) -> tuple[int, int, int]:
     lib.fluid_settings_setint(settings, b"synth.chorus.active", 0)
     lib.fluid_settings_setint(settings, b"synth.polyphony", 256)
     lib.fluid_settings_setint(settings, b"synth.cpu-cores", 1)
+    lib.fluid_settings_setint(settings, b"synth.dynamic-sample-loading", 1)  # only the presets used
     lib.fluid_settings_setnum(settings, b"synth.gain", 0.5)
     synth = lib.new_fluid_synth(settings)
     sfid = lib.fluid_synth_sfload(synth, str(path).encode(), 1) if synth else -1

@@ -10,17 +10,28 @@ import dataclasses
 
 import numpy as np
 
-from stemsplit.synth import dsp, voice
+from stemsplit.synth import dsp, phonemes, singer as singers, voice
 from stemsplit.synth.compose import Chord, Plan
-from stemsplit.synth.voice import Singer, Syllable, VocalNote
+from stemsplit.synth.phonemes import Syllable
+from stemsplit.synth.singer import Singer
+from stemsplit.synth.voice import VocalNote
 
 F32 = np.float32
 MODES = ("sing", "rap", "spoken")
 
 
-def _lyrics(rng: np.random.Generator, count: int, speech: bool) -> list[Syllable]:
-    """A small syllable vocabulary reused across the song, as real lyrics repeat words."""
-    vocab = [voice.random_syllable(rng, speech) for _ in range(int(rng.integers(8, 24)))]
+SCAT = tuple(Syllable((c,), v, ()) for c in ("b", "d", "sh", "w", "d", "b") for v in ("a", "u", "i", "o", "@"))
+
+
+def _vocabulary(rng: np.random.Generator, speech: bool, scat: bool = False) -> list[Syllable]:
+    """A small syllable vocabulary for a whole line, as real lyrics repeat their words (or the
+    "doo-bee-dah" syllables of scat singing)."""
+    if scat:
+        return [SCAT[int(i)] for i in rng.choice(len(SCAT), size=int(rng.integers(5, 12)), replace=False)]
+    return [phonemes.random_syllable(rng, speech) for _ in range(int(rng.integers(8, 30)))]
+
+
+def _lyrics(rng: np.random.Generator, vocab: list[Syllable], count: int) -> list[Syllable]:
     return [vocab[int(rng.integers(len(vocab)))] for _ in range(count)]
 
 
@@ -66,6 +77,9 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
     bar = 0
     current = int(center)
     motif: list[tuple[int, int]] | None = None
+    motif_pitches: list[int] = []
+    motif_words: list[Syllable] = []
+    vocab = _vocabulary(rng, speech=False, scat=plan.style == "jazz" and rng.random() < 0.35)
     n_bars = len(plan.bars)
     while bar < n_bars:
         sec = plan.section(bar)
@@ -73,10 +87,15 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
             bar += 1
             continue
         phrase_bars = int(rng.choice([1, 2, 2])) if plan.steps_per_bar == 16 else int(rng.choice([2, 2, 4]))
-        if motif is None or rng.random() < 0.4:
+        repeat = motif is not None and rng.random() < 0.6  # songs repeat their phrases
+        if not repeat:
             motif = _rhythm(rng, plan, phrase_bars, slow)
-        rhythm = motif
-        syllables = _lyrics(rng, len(rhythm), speech=False)
+            motif_pitches = []
+            motif_words = _lyrics(rng, vocab, len(motif))
+        elif rng.random() < 0.5:
+            motif_words = _lyrics(rng, vocab, len(motif))  # same tune, new words
+        rhythm, syllables = motif, motif_words
+        pitches: list[int] = []
         prev_end: float | None = None
         for k, (step, length) in enumerate(rhythm):
             b = bar + step // plan.steps_per_bar
@@ -86,9 +105,13 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
             chord = plan.chord_at(b, s)
             strong = s in plan.beat_steps or k == len(rhythm) - 1
             tones = chord.tones_in(lo, hi) if strong else [p for p in range(lo, hi + 1) if plan.in_scale(p)]
-            current = _pick(rng, tones, current, 4 if strong else 2)
-            if current > hi - 2 or current < lo + 2:  # drift back towards the middle of the range
-                current = _pick(rng, tones, int(center), 5)
+            if k < len(motif_pitches) and motif_pitches[k] in tones:
+                current = motif_pitches[k]  # the repeated phrase keeps its melody where it fits
+            else:
+                current = _pick(rng, tones, current, 4 if strong else 2)
+                if current > hi - 2 or current < lo + 2:  # drift back towards the middle of the range
+                    current = _pick(rng, tones, int(center), 5)
+            pitches.append(current)
             start = plan.time(b, s) + float(rng.normal(0, plan.humanize))
             dur = length * plan.step_seconds * rng.uniform(0.8, 0.97)
             legato = prev_end is not None and start - prev_end < 0.06 and rng.random() < 0.5
@@ -98,6 +121,7 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
             vel = float(np.clip(rng.normal(0.8, 0.1) * (0.8 + 0.3 * sec.intensity), 0.3, 1.0))
             notes.append((VocalNote(start, dur, float(current), vel, syl, legato), chord))
             prev_end = start + dur
+        motif_pitches = pitches
         bar += phrase_bars
         if rng.random() < 0.3:
             bar += 1  # a bar of rest between some phrases
@@ -110,6 +134,7 @@ def rap_line(rng: np.random.Generator, plan: Plan, singer: Singer, bars: set[int
     density = rng.uniform(0.45, 0.85)
     triplet = plan.steps_per_bar == 16 and rng.random() < 0.2
     notes: list[VocalNote] = []
+    vocab = _vocabulary(rng, speech=True)
     grid = np.arange(0, plan.steps_per_bar, 4 / 3) if triplet else np.arange(plan.steps_per_bar)
     for bar in range(len(plan.bars)):
         if not _sings(plan, bar, bars) or rng.random() < 0.1:
@@ -117,7 +142,7 @@ def rap_line(rng: np.random.Generator, plan: Plan, singer: Singer, bars: set[int
         steps = [float(s) for s in grid if rng.random() < density or s == 0]
         if rng.random() < 0.4:
             steps = [s for s in steps if s < plan.steps_per_bar - 3]  # breathe at the bar end
-        syllables = _lyrics(rng, len(steps), speech=True)
+        syllables = _lyrics(rng, vocab, len(steps))
         for k, s in enumerate(steps):
             nxt = steps[k + 1] if k + 1 < len(steps) else plan.steps_per_bar
             start = plan.time(bar, s) + float(rng.normal(0, 0.008))
@@ -143,7 +168,7 @@ def spoken_line(rng: np.random.Generator, plan: Plan, singer: Singer, seconds: f
                 dur = rng.uniform(0.09, 0.26)
                 pitch = base + 3.0 * (1 - k / group) + rng.normal(0, 0.8)
                 notes.append(VocalNote(t, dur, float(pitch), float(rng.uniform(0.6, 1.0)),
-                                       voice.random_syllable(rng, True)))
+                                       phonemes.random_syllable(rng, True)))
                 t += dur + rng.uniform(0.02, 0.08)
         t += rng.uniform(0.3, 1.0)
     return notes
@@ -191,20 +216,44 @@ def _backing(rng: np.random.Generator, plan: Plan, singer: Singer, voice_index: 
     return notes
 
 
+def chop_line(rng: np.random.Generator, plan: Plan, singer: Singer) -> list[VocalNote]:
+    """A "vocal chop" hook: one short syllable retriggered on a rhythmic grid at chord tones, as
+    producers slice a vocal sample into a riff (electronic and pop productions)."""
+    onset = str(rng.choice(["y", "w", "h", "d"])) if rng.random() < 0.5 else ""
+    syllable = Syllable((onset,) if onset else (), str(rng.choice(["a", "o", "ai", "e", "u", "ou"])), ())
+    rate = int(rng.choice([2, 2, 4, 3])) if plan.steps_per_bar == 16 else 2
+    grid = [s for s in range(0, plan.steps_per_bar, rate) if rng.random() < 0.6] or [0]
+    lo, hi = singer.low + 6, singer.high
+    notes = []
+    for bar in range(len(plan.bars)):
+        sec = plan.section(bar)
+        if not sec.active["vocals"] or sec.intensity < 0.5:
+            continue
+        for s in grid:
+            tones = plan.chord_at(bar, s).tones_in(lo, hi)
+            if tones:
+                dur = rate * plan.step_seconds * rng.uniform(0.4, 0.9)
+                notes.append(VocalNote(plan.time(bar, s), dur, float(rng.choice(tones)), 0.9, syllable))
+    return notes
+
+
 def _octave(notes: list[VocalNote], shift: int) -> list[VocalNote]:
     """The same line an octave away (a common pop/hip-hop layering)."""
     return [dataclasses.replace(n, pitch=n.pitch + shift) for n in notes]
 
 
-def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str | None = None) -> np.ndarray:
+def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str | None = None,
+           exclude: frozenset[str] = frozenset()) -> np.ndarray:
     """Render the vocals stem (2, length) before stem-level production.
 
     `mode` is "sing", "rap" or "spoken"; None draws it from the style (rap-leaning styles may
-    also rap the verses and sing the choruses)."""
+    also rap the verses and sing the choruses). No singer has a voice type in `exclude`."""
     seconds = length / sr
     if mode is None:
         mode = "rap" if plan.rap else ("spoken" if rng.random() < 0.04 else "sing")
-    lead_singer = voice.make_singer(rng)
+    lead_singer = singers.make_singer(rng, exclude=exclude)
+    if plan.style in ("metal", "rock") and rng.random() < 0.4:  # a gritty, shouted rock voice
+        lead_singer = dataclasses.replace(lead_singer, rasp=float(rng.uniform(0.2, 0.6)), tilt=lead_singer.tilt + 2.0)
     out = np.zeros((2, length), dtype=F32)
 
     def add(notes: list[VocalNote], singer: Singer, pan: float, gain: float, speech: bool) -> None:
@@ -224,20 +273,21 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str
             add(_double(rng, lead_notes), twin, width if rng.random() < 0.5 else -width, rng.uniform(0.4, 0.8), False)
         if rng.random() < 0.12:
             shift = -12 if lead_singer.low >= 52 else 12
-            add(_octave(_double(rng, lead_notes), shift), dataclasses.replace(lead_singer, seed=int(rng.integers(2**62))),
-                float(rng.normal(0, 0.2)), rng.uniform(0.25, 0.5), False)
+            octave_singer = dataclasses.replace(lead_singer, seed=int(rng.integers(2**62)))
+            add(_octave(_double(rng, lead_notes), shift), octave_singer, float(rng.normal(0, 0.2)),
+                rng.uniform(0.25, 0.5), False)
         if rng.random() < 0.4:
             above = rng.random() < 0.6
-            harmony_singer = voice.make_singer(rng, lead_singer.voice_type if rng.random() < 0.6 else None)
+            harmony_singer = singers.make_singer(rng, lead_singer.voice_type if rng.random() < 0.6 else None, exclude)
             add(_harmony(rng, lead, above, harmony_singer), harmony_singer, float(rng.uniform(-0.6, 0.6)),
                 rng.uniform(0.35, 0.7), False)
         if rng.random() < 0.2:
             for k in range(int(rng.integers(2, 4))):
-                choir = voice.make_singer(rng)
+                choir = singers.make_singer(rng, exclude=exclude)
                 add(_backing(rng, plan, choir, k), choir, float(rng.uniform(-0.8, 0.8)), rng.uniform(0.2, 0.4), False)
     if mode == "rap":
         rap_bars = None if sung_bars is None else set(range(len(plan.bars))) - sung_bars
-        rapper = lead_singer if sung_bars is None else voice.make_singer(rng)
+        rapper = lead_singer if sung_bars is None else singers.make_singer(rng, exclude=exclude)
         lead_notes = rap_line(rng, plan, rapper, rap_bars)
         add(lead_notes, rapper, float(rng.normal(0, 0.05)), 1.0, True)
         if rng.random() < 0.3:
@@ -246,4 +296,7 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str
             add(ends, twin, float(rng.uniform(-0.7, 0.7)), rng.uniform(0.4, 0.7), True)
     elif mode == "spoken":
         add(spoken_line(rng, plan, lead_singer, seconds), lead_singer, 0.0, 1.0, True)
+    if plan.style in ("electronic", "trap", "pop", "hiphop") and rng.random() < 0.2:
+        chopper = dataclasses.replace(singers.make_singer(rng, exclude=exclude), autotune=True, vibrato_depth=0.0)
+        add(chop_line(rng, plan, chopper), chopper, float(rng.uniform(-0.4, 0.4)), rng.uniform(0.3, 0.7), False)
     return out

@@ -1,144 +1,23 @@
 """A singing and speaking voice: source-filter synthesis of syllables on pitches.
 
-Owns the singer model (voice types from bass to soprano), the phoneme inventory (vowels and
-diphthongs with formant targets; fricatives, plosives, nasals, liquids, glides; breaths) and the
-renderer: a band-limited glottal pulse with jitter, shimmer, vibrato, scoops and glides, plus
-aspiration noise, shaped by moving formants in the short-time Fourier domain, with consonant
-noise bursts added in the time domain. It must not write melodies or lyrics (melody.py) nor
-apply stem-level production (effects.py).
+Owns the renderer: a band-limited glottal pulse with jitter, shimmer, vibrato, scoops, glides and
+drift, plus aspiration noise, shaped by moving formants (frame-wise in the short-time Fourier
+domain, or a time-domain resonator cascade), with consonant noise bursts and breaths. The
+phonemes live in phonemes.py and the singers in singer.py. It must not write melodies or lyrics
+(vocals.py) nor apply stem-level production (effects.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import signal
+
 from stemsplit.synth import dsp
+from stemsplit.synth.phonemes import CONSONANTS, DIPHTHONGS, Syllable, vowel_formants
+from stemsplit.synth.singer import Singer
 
 F32 = np.float32
-
-# Adult male vowel formants (Hz) F1..F3; F4, F5 and bandwidths are filled in below.
-VOWELS: dict[str, tuple[float, float, float]] = {
-    "i": (280, 2250, 2900), "I": (400, 1950, 2550), "e": (480, 2000, 2650), "E": (550, 1770, 2490),
-    "ae": (680, 1650, 2400), "a": (750, 1150, 2500), "o": (500, 850, 2450), "O": (600, 950, 2450),
-    "U": (450, 1050, 2300), "u": (310, 850, 2250), "A": (640, 1200, 2400), "@": (500, 1450, 2450),
-    "er": (480, 1350, 1650),
-}
-DIPHTHONGS: dict[str, tuple[str, str]] = {
-    "ai": ("a", "I"), "ei": ("e", "I"), "ou": ("o", "U"), "au": ("a", "U"), "oi": ("O", "I"),
-}
-SUNG_VOWELS = ("a", "a", "e", "E", "i", "o", "O", "u", "U", "A", "ae", "ai", "ei", "ou", "au", "@", "I", "er")
-
-
-@dataclass(frozen=True)
-class Consonant:
-    """How a consonant sounds: voicing, formant target, noise band, plosive closure."""
-
-    voicing: float            # glottal amplitude during it (0 = voiceless)
-    formants: tuple[float, float, float] | None  # own target, or None to follow the vowel
-    noise: tuple[float, float, float] | None     # frication band low, high (Hz), level
-    dur: float                # typical duration (s)
-    closure: bool = False     # plosive: silence then a burst
-    aspiration: float = 0.0   # breathy noise through the vowel formants
-
-
-CONSONANTS: dict[str, Consonant] = {
-    "s": Consonant(0.0, None, (4500, 10000, 0.35), 0.11),
-    "sh": Consonant(0.0, None, (2000, 6500, 0.35), 0.11),
-    "f": Consonant(0.0, None, (1500, 9000, 0.12), 0.09),
-    "th": Consonant(0.0, None, (2500, 9000, 0.08), 0.08),
-    "h": Consonant(0.0, None, None, 0.08, aspiration=0.6),
-    "z": Consonant(0.35, (250, 1600, 2600), (4000, 9000, 0.2), 0.09),
-    "v": Consonant(0.4, (250, 1200, 2300), (1500, 7000, 0.06), 0.07),
-    "p": Consonant(0.0, None, (500, 3000, 0.5), 0.07, closure=True, aspiration=0.4),
-    "t": Consonant(0.0, None, (3000, 9000, 0.6), 0.07, closure=True, aspiration=0.4),
-    "k": Consonant(0.0, None, (1500, 4500, 0.55), 0.08, closure=True, aspiration=0.4),
-    "b": Consonant(0.15, (250, 900, 2200), (400, 2500, 0.3), 0.06, closure=True),
-    "d": Consonant(0.15, (250, 1700, 2600), (2500, 7000, 0.3), 0.06, closure=True),
-    "g": Consonant(0.15, (250, 1800, 2300), (1200, 4000, 0.3), 0.06, closure=True),
-    "ch": Consonant(0.0, None, (2000, 7000, 0.4), 0.1, closure=True),
-    "j": Consonant(0.2, (250, 1800, 2500), (2000, 6000, 0.25), 0.09, closure=True),
-    "m": Consonant(0.55, (250, 1100, 2200), None, 0.07),
-    "n": Consonant(0.55, (250, 1600, 2600), None, 0.07),
-    "ng": Consonant(0.5, (250, 2000, 2600), None, 0.07),
-    "l": Consonant(0.75, (360, 1300, 2800), None, 0.06),
-    "r": Consonant(0.75, (350, 1100, 1500), None, 0.06),
-    "w": Consonant(0.7, (300, 700, 2200), None, 0.05),
-    "y": Consonant(0.7, (280, 2200, 3000), None, 0.05),
-}
-ONSETS = ("", "", "m", "n", "l", "r", "s", "t", "d", "k", "b", "p", "g", "f", "h", "w", "y", "sh", "ch",
-          "j", "v", "z", "th", "st", "tr", "bl", "kr", "pl", "sw", "gr", "fl")
-CODAS = ("", "", "", "", "n", "m", "t", "s", "l", "r", "k", "d", "ng", "z", "st", "nd", "ts")
-_CLUSTERS = {"st": ("s", "t"), "tr": ("t", "r"), "bl": ("b", "l"), "kr": ("k", "r"), "pl": ("p", "l"),
-             "sw": ("s", "w"), "gr": ("g", "r"), "fl": ("f", "l"), "nd": ("n", "d"), "ts": ("t", "s")}
-
-# Voice types: comfortable MIDI range and formant scale relative to the table above.
-VOICE_TYPES: dict[str, tuple[int, int, float]] = {
-    "bass": (40, 62, 0.92), "baritone": (45, 66, 0.97), "tenor": (48, 70, 1.02),
-    "alto": (53, 74, 1.12), "mezzo": (57, 78, 1.16), "soprano": (60, 82, 1.2),
-}
-
-
-@dataclass(frozen=True)
-class Syllable:
-    """A syllable as onset consonants, a vowel (or diphthong) and coda consonants."""
-
-    onset: tuple[str, ...]
-    vowel: str
-    coda: tuple[str, ...]
-
-
-def random_syllable(rng: np.random.Generator, speech: bool = False) -> Syllable:
-    """A pronounceable nonsense syllable (consonant-heavier for speech and rap)."""
-    onset = str(rng.choice(ONSETS))
-    coda = str(rng.choice(CODAS)) if (speech or rng.random() < 0.5) else ""
-    vowel = str(rng.choice(SUNG_VOWELS))
-    parts = lambda s: _CLUSTERS.get(s, (s,) if s else ())  # noqa: E731
-    return Syllable(parts(onset), vowel, parts(coda))
-
-
-@dataclass
-class Singer:
-    """Per-voice parameters: who is singing and how."""
-
-    voice_type: str
-    low: int
-    high: int
-    formant_scale: float
-    breathiness: float
-    vibrato_rate: float
-    vibrato_depth: float      # semitones
-    jitter: float             # relative f0 noise
-    shimmer: float            # dB of amplitude noise
-    open_quotient: float
-    tilt: float               # extra spectral slope (dB/octave)
-    singer_formant: float     # dB boost near 3 kHz (trained voices)
-    scoop: float              # chance a note starts with a scoop from below
-    bandwidth_scale: float
-    consonant_gain: float = 1.0   # diction: crisp (>1) or soft (<1) consonants
-    autotune: bool = False        # hard pitch correction: no scoops, tiny vibrato, instant glides
-    rasp: float = 0.0             # rough/growled voice: period-doubling and extra noise
-    falloff: float = 0.0          # chance of a pitch fall at the end of a phrase
-    whisper: bool = False         # (speech) unvoiced, all breath
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-def make_singer(rng: np.random.Generator, voice_type: str | None = None) -> Singer:
-    """Draw a singer of a given (or random) voice type."""
-    vt = voice_type or str(rng.choice(list(VOICE_TYPES)))
-    low, high, scale = VOICE_TYPES[vt]
-    return Singer(
-        voice_type=vt, low=low, high=high, formant_scale=scale * rng.uniform(0.95, 1.05),
-        breathiness=float(rng.uniform(0.02, 0.35)), vibrato_rate=float(rng.uniform(4.5, 6.8)),
-        vibrato_depth=float(rng.uniform(0.1, 0.8) if rng.random() < 0.85 else 0.0),
-        jitter=float(rng.uniform(0.002, 0.012)), shimmer=float(rng.uniform(0.2, 1.2)),
-        open_quotient=float(rng.uniform(0.45, 0.8)), tilt=float(rng.uniform(-3, 2)),
-        singer_formant=float(rng.uniform(0, 10) if rng.random() < 0.5 else 0.0),
-        scoop=float(rng.uniform(0.0, 0.6)), bandwidth_scale=float(rng.uniform(0.8, 1.5)),
-        consonant_gain=float(np.exp(rng.uniform(np.log(0.4), np.log(1.6)))),
-        autotune=bool(rng.random() < 0.12), rasp=float(rng.uniform(0.1, 0.5) if rng.random() < 0.12 else 0.0),
-        falloff=float(rng.uniform(0, 0.5)), whisper=bool(rng.random() < 0.05), seed=int(rng.integers(2**62)),
-    )
 
 
 @dataclass
@@ -171,13 +50,9 @@ def _glottal_table(open_quotient: float, harmonics: int, size: int = 2048) -> np
     return np.append(table, table[0]).astype(F32)
 
 
-def _vowel_formants(v: str, scale: float) -> np.ndarray:
-    f1, f2, f3 = VOWELS[v]
-    return np.array([f1, f2, f3, 3500.0, 4500.0]) * scale
-
-
-def _segments(notes: list[VocalNote], singer: Singer, speech: bool, rng: np.random.Generator):
-    """Timeline of (t0, t1, kind, payload): vowels, consonants, breaths; plus noise events."""
+def _segments(notes: list[VocalNote], speech: bool, rng: np.random.Generator):
+    """Timeline of (t0, t1, "V" | "C", phoneme) segments, plus the consonants' noise bursts
+    (start, duration, low Hz, high Hz, level, is_plosive)."""
     segs: list[tuple[float, float, str, object]] = []
     bursts: list[tuple[float, float, float, float, float, bool]] = []
     for i, note in enumerate(notes):
@@ -219,9 +94,9 @@ def _frame_tracks(notes: list[VocalNote], singer: Singer, speech: bool, rng: np.
     pitch = np.full(frames, notes[0].pitch, dtype=np.float64)
     voicing = np.zeros(frames)
     aspir = np.zeros(frames)
-    formants = np.tile(_vowel_formants("@", singer.formant_scale), (frames, 1))
+    formants = np.tile(vowel_formants("@", singer.formant_scale), (frames, 1))
     target_set = np.zeros(frames, dtype=bool)
-    segs, bursts = _segments(notes, singer, speech, rng)
+    segs, bursts = _segments(notes, speech, rng)
 
     def idx(a: float, b: float) -> slice:
         return slice(int(np.clip((a - t0) / hop_s, 0, frames)), int(np.clip((b - t0) / hop_s, 0, frames)))
@@ -239,8 +114,9 @@ def _frame_tracks(notes: list[VocalNote], singer: Singer, speech: bool, rng: np.
                 p -= rng.uniform(0.5, 2.0) * np.exp(-np.maximum(local, 0) / rng.uniform(0.03, 0.08))
             if note.dur > 0.3 and singer.vibrato_depth > 0:
                 ramp = np.clip((local - 0.15) / 0.3, 0, 1)
-                depth = singer.vibrato_depth * (0.1 if singer.autotune else 1.0)
-                p += depth * ramp * np.sin(2 * np.pi * singer.vibrato_rate * local + rng.random() * 6.3)
+                depth = singer.vibrato_depth * (0.1 if singer.autotune else 1.0) * rng.uniform(0.6, 1.3)
+                rate = singer.vibrato_rate * rng.uniform(0.9, 1.1)  # no two notes vibrate alike
+                p += depth * ramp * np.sin(2 * np.pi * rate * local + rng.random() * 6.3)
             if nxt is None and note.dur > 0.25 and rng.random() < singer.falloff:
                 fall = np.clip((local - note.dur + 0.18) / 0.2, 0, 1) ** 2
                 p -= rng.uniform(1.0, 5.0) * fall  # the voice falls off the last note of a phrase
@@ -267,10 +143,10 @@ def _frame_tracks(notes: list[VocalNote], singer: Singer, speech: bool, rng: np.
                 first, second = DIPHTHONGS[vowel]
                 n = s.stop - s.start
                 split = s.start + int(n * rng.uniform(0.55, 0.75))
-                formants[s.start:split] = _vowel_formants(first, singer.formant_scale)
-                formants[split:s.stop] = _vowel_formants(second, singer.formant_scale)
+                formants[s.start:split] = vowel_formants(first, singer.formant_scale)
+                formants[split:s.stop] = vowel_formants(second, singer.formant_scale)
             else:
-                formants[s] = _vowel_formants(vowel, singer.formant_scale)
+                formants[s] = vowel_formants(vowel, singer.formant_scale)
             target_set[s] = True
         else:
             c = CONSONANTS[str(payload)]
@@ -283,6 +159,7 @@ def _frame_tracks(notes: list[VocalNote], singer: Singer, speech: bool, rng: np.
             if c.closure and c.aspiration > 0:  # aspiration right after the release burst
                 after = idx(b, b + 0.04)
                 aspir[after] = np.maximum(aspir[after], c.aspiration)
+    formants *= np.asarray(singer.accent)  # every vocal tract is shaped a little differently
     # Consonants without their own target take the neighbouring vowels' formants.
     if target_set.any():
         known = np.flatnonzero(target_set)
@@ -308,8 +185,12 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _envelope(formants: np.ndarray, bandwidths: np.ndarray, freqs: np.ndarray, tilt: np.ndarray,
-              singer_formant: float) -> np.ndarray:
-    """|H(f)| per frame: a cascade of formant resonances, a spectral tilt and a singer's formant."""
+              singer_formant: float, air: float) -> np.ndarray:
+    """|H(f)| per frame: a cascade of formant resonances, a spectral tilt and a singer's formant.
+
+    Five resonances alone fall off a cliff above F5, while a real vocal tract keeps having
+    formants up there; so above ~3.5 kHz the envelope never drops below a line falling `air`
+    dB per octave from its level at 3.5 kHz (the "air" of a voice)."""
     f2 = (freqs * freqs)[None, :, None]
     ff = formants[:, None, :] ** 2
     fb = freqs[None, :, None] * bandwidths[:, None, :]
@@ -320,7 +201,97 @@ def _envelope(formants: np.ndarray, bandwidths: np.ndarray, freqs: np.ndarray, t
     log_h += np.log1p((freqs / 4500.0) ** 2)[None, :]  # higher-pole correction (lifts 3-8 kHz)
     if singer_formant:
         log_h += (singer_formant * np.log(10) / 20) * np.exp(-0.5 * ((freqs - 3000.0) / 400.0) ** 2)[None, :]
+    knee = int(np.searchsorted(freqs, 3500.0))
+    if knee < freqs.shape[0]:
+        above = np.log2(freqs[knee:] / freqs[knee])[None, :] * (air * np.log(10) / 20)
+        log_h[:, knee:] = np.maximum(log_h[:, knee:], log_h[:, knee:knee + 1] - above)
     return np.exp(log_h).astype(F32)
+
+
+def _decimated_envelope(formants: np.ndarray, bandwidths: np.ndarray, freqs: np.ndarray, tilt: np.ndarray,
+                        singer_formant: float, air: float) -> np.ndarray:
+    """The envelope on even frames, odd frames interpolated (controls move slower than a hop)."""
+    even = _envelope(formants[::2], bandwidths[::2], freqs, tilt[::2], singer_formant, air)
+    frames = formants.shape[0]
+    env = np.empty((frames, freqs.shape[0]), dtype=F32)
+    env[::2] = even
+    odd = env[1::2]
+    nxt = even[1:1 + odd.shape[0]]
+    odd[: nxt.shape[0]] = (even[: nxt.shape[0]] + nxt) * F32(0.5)
+    odd[nxt.shape[0]:] = even[-1]
+    return env
+
+
+def _slice_noise(rng: np.random.Generator, bank: np.ndarray, m: int, skip: int) -> np.ndarray:
+    """m samples of filtered noise from a random point past the filter's start-up."""
+    if m >= bank.shape[0] - skip:
+        return np.resize(bank[skip:], m)
+    start = skip + int(rng.integers(bank.shape[0] - skip - m + 1))
+    return bank[start:start + m]
+
+
+def _stft_filter(excitation: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, tilt: np.ndarray,
+                 singer: Singer, sr: int, hop: int) -> np.ndarray:
+    """Moving formants applied frame by frame in the short-time Fourier domain (50% overlap)."""
+    frames = formants.shape[0]
+    win = 2 * hop
+    # Frame k is centred on sample k * hop, where the control tracks put frame k.
+    padded = np.concatenate([np.zeros(hop, F32), excitation.astype(F32), np.zeros(2 * win, F32)])
+    view = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:frames]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)).astype(F32)  # sums to 1 at hop win/2
+    spec = np.fft.rfft(view * window, axis=-1)
+    freqs = np.fft.rfftfreq(win, 1.0 / sr).astype(F32)
+    spec *= _decimated_envelope(formants.astype(F32), bandwidths.astype(F32), freqs, tilt, singer.singer_formant,
+                                singer.air)
+    frames_out = np.fft.irfft(spec, win, axis=-1).astype(F32)
+    out = np.zeros((frames + 2) * hop, dtype=F32)
+    chunks = out.reshape(-1, hop)
+    chunks[:frames] += frames_out[:, :hop]
+    chunks[1:frames + 1] += frames_out[:, hop:]
+    return out[hop:]
+
+
+def _cascade_filter(excitation: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, singer: Singer,
+                    sr: int, hop: int) -> np.ndarray:
+    """Moving formants as a time-domain cascade of two-pole resonators (a Klatt-style synthesiser).
+
+    Coefficients are updated every control frame with the filter state carried across, so
+    this path has different artefacts from the STFT one (a second vocal "model" for variety and
+    for held-out evaluation). Two fixed upper resonances keep energy above 5 kHz; a static
+    shelf and bell give the singer's tilt and singer's formant.
+    """
+    block = hop  # one coefficient update per control frame (~12 ms); scipy's per-call cost rules
+    n = excitation.shape[0]
+    blocks = -(-n // block)
+    centres = (np.arange(blocks) * block + block / 2) / hop
+    grid = np.arange(formants.shape[0])
+    upper_f = np.array([5600.0, 6800.0]) * singer.formant_scale
+    freq = np.empty((blocks, 7))
+    band = np.empty((blocks, 7))
+    for k in range(5):
+        freq[:, k] = np.interp(centres, grid, formants[:, k])
+        band[:, k] = np.interp(centres, grid, bandwidths[:, k])
+    freq[:, 5:] = upper_f
+    band[:, 5:] = (500.0, 700.0)
+    freq = np.minimum(freq, 0.45 * sr)
+    r = np.exp(-np.pi * band / sr)
+    a1 = -2.0 * r * np.cos(2.0 * np.pi * freq / sr)
+    a2 = r * r
+    sos = np.zeros((blocks, 7, 6))
+    sos[..., 0] = 1.0 + a1 + a2  # unity gain at DC, as in a cascade formant synthesiser
+    sos[..., 3] = 1.0
+    sos[..., 4] = a1
+    sos[..., 5] = a2
+    out = np.empty(n, dtype=np.float64)
+    zi = np.zeros((7, 2))
+    x = excitation.astype(np.float64)
+    for j in range(blocks):
+        seg = slice(j * block, min((j + 1) * block, n))
+        out[seg], zi = signal.sosfilt(sos[j], x[seg], zi=zi)
+    colour = [dsp.shelf_sos(1500.0, 2.0 * singer.tilt, sr, high=True)]
+    if singer.singer_formant:
+        colour.append(dsp.peaking_sos(3000.0, singer.singer_formant, 2.0, sr))
+    return signal.sosfilt(np.concatenate(colour), out).astype(F32)
 
 
 def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
@@ -344,6 +315,8 @@ def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
     fr_pos = np.arange(frames) * hop
     pos = np.arange(n + win)
     jitter = rng.standard_normal(frames) * singer.jitter * (0.3 if singer.autotune else 1.0)
+    wander = _smooth(rng.standard_normal((frames, 1)), max(int(0.25 / hop_s), 1))[:, 0]
+    pitch = pitch + wander * (singer.drift * (0.2 if singer.autotune else 1.0) / (np.std(wander) + 1e-9))
     shimmer = rng.standard_normal(frames) * singer.shimmer
     f0 = dsp.midi_to_hz(pitch) * (1.0 + jitter)
     # Singers raise F1 above a high pitch so the vowel keeps its power ("formant tuning").
@@ -367,33 +340,26 @@ def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
     noise = rng.standard_normal(pos.shape[0]).astype(F32)
     noise *= F32(0.6) + F32(0.4) * np.clip(pulse, 0, None)  # noise gated by the glottal cycle
     excitation = pulse * amp_s + noise * asp_s * F32(0.5)
-    # Moving formants in the STFT domain.
-    # Frame k is centred on sample k * hop, where the control tracks put frame k.
-    padded = np.concatenate([np.zeros(hop, F32), excitation.astype(F32), np.zeros(2 * win, F32)])
-    view = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:frames]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)).astype(F32)  # sums to 1 at hop win/2
-    spec = np.fft.rfft(view * window, axis=-1)
-    freqs = np.fft.rfftfreq(win, 1.0 / sr).astype(F32)
     bw = np.array([80.0, 100.0, 140.0, 220.0, 300.0]) * singer.bandwidth_scale
-    bandwidths = (np.tile(bw, (frames, 1)) * (1.0 + 0.5 * (voicing[:, None] < 0.2))).astype(F32)
-    tilt = (singer.tilt + 4.0 * (np.clip(voicing, 0, 1) - 0.6)).astype(F32)
-    spec *= _envelope(formants.astype(F32), bandwidths, freqs, tilt, singer.singer_formant)
-    frames_out = np.fft.irfft(spec, win, axis=-1).astype(F32)
-    out = np.zeros((frames + 2) * hop, dtype=F32)
-    chunks = out.reshape(-1, hop)
-    chunks[:frames] += frames_out[:, :hop]
-    chunks[1:frames + 1] += frames_out[:, hop:]
-    out = out[hop: hop + n]
+    bandwidths = np.tile(bw, (frames, 1)) * (1.0 + 0.5 * (voicing[:, None] < 0.2))
+    if singer.model == "klatt":
+        out = _cascade_filter(excitation, formants, bandwidths, singer, sr, hop)[:n]
+    else:
+        tilt = (singer.tilt + 4.0 * (np.clip(voicing, 0, 1) - 0.6)).astype(F32)
+        out = _stft_filter(excitation, formants, bandwidths, tilt, singer, sr, hop)[:n]
     # Consonant noise bursts (fricatives, plosive releases) in the time domain, at levels
     # relative to the sung vowels (an "s" sits roughly 10 dB under the vowel around it).
     loud = amp_s[:n] > 0.5 * float(amp_s.max())
     ref = float(np.sqrt(np.mean(out[loud] ** 2))) if loud.any() else 0.05
+    noise_bank: dict[tuple[float, float], np.ndarray] = {}
     for start, dur, lo, hi, level, closure in bursts:
         m = int(dur * sr)
         if m < 8:
             continue
-        burst = dsp.bandpass(rng.standard_normal(m).astype(F32), lo * singer.formant_scale, hi, sr)
-        burst /= F32(np.sqrt(np.mean(burst ** 2)) + 1e-9)
+        if (lo, hi) not in noise_bank:  # one filtered noise per consonant band, sliced per burst
+            band = dsp.bandpass(rng.standard_normal(int(0.4 * sr)).astype(F32), lo * singer.formant_scale, hi, sr)
+            noise_bank[(lo, hi)] = band / F32(np.sqrt(np.mean(band[int(0.05 * sr):] ** 2)) + 1e-9)
+        burst = _slice_noise(rng, noise_bank[(lo, hi)], m, int(0.05 * sr))
         env = (dsp.exp_decay(m, sr, 0.005) if closure else np.abs(np.sin(np.linspace(0, np.pi, m, dtype=F32))) ** 0.7)
         gain = level * ref * singer.consonant_gain * rng.uniform(0.6, 1.2)
         dsp.add_at(out, burst * env * F32(gain), int((start - t0) * sr))

@@ -10,22 +10,36 @@ from typing import Iterator
 
 import torch
 
+_UPDATES = "__ema_updates__"  # not a model key: state_dict keys never start with '_'
+
 
 class EMA:
-    """shadow = decay * shadow + (1 - decay) * weights, for floating-point tensors; others copied."""
+    """shadow = d * shadow + (1 - d) * weights, for floating-point tensors; others copied.
+
+    The effective decay d = min(decay, (1 + n) / (10 + n)) after n updates warms up from 0.1:
+    without it, a slow average (0.999) still holds mostly the random initialisation after a few
+    hundred steps, so short runs would validate and ship an untrained-looking model.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
+        self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @property
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        decay = self.current_decay
         for name, value in model.state_dict().items():
             shadow = self.shadow[name]
             if value.is_floating_point():
-                shadow.lerp_(value.detach(), 1 - self.decay)
+                shadow.lerp_(value.detach(), 1 - decay)
             else:
                 shadow.copy_(value)
+        self.updates += 1
 
     @contextlib.contextmanager
     def swapped(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -38,8 +52,10 @@ class EMA:
             model.load_state_dict(live)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+        return {**self.shadow, _UPDATES: torch.tensor(self.updates, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.updates = int(state.pop(_UPDATES))
         for name, value in state.items():
             self.shadow[name].copy_(value)

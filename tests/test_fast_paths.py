@@ -1,0 +1,87 @@
+"""The speed paths: kernel-1 convolutions as batched matrix products, per-head bf16 attention,
+and the Separator's / CLI's `bf16` precision. Each must compute the same thing as the plain path
+(the float32 ones to float32 rounding, bf16 to within what bfloat16 can hold). No timings here:
+speed is measured by benchmarks/vs_demucs.py.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import SOURCES, run_cli, tone
+from torch import nn
+from torch.nn import functional as F
+
+import stemsplit.nn as snn
+from stemsplit.errors import ModelError
+from stemsplit.nn.layers import PointwiseConv1d
+from stemsplit.nn.transformer import _attend_by_head
+from stemsplit.separate import Separator
+
+
+def tiny_htdemucs(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return snn.HTDemucs(sources=SOURCES, channels=16, depth=2, nfft=512, t_layers=2, bottom_channels=32,
+                        dconv_mode=3, segment=Fraction(1, 2), samplerate=8000).eval()
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+@pytest.mark.parametrize("shape", [(37, 6, 50), (1, 24, 300), (3, 5, 1)])
+def test_pointwise_conv_matches_conv1d_with_the_same_parameters_and_initialisation(shape):
+    batch, chin, steps = shape
+    torch.manual_seed(3)
+    plain = nn.Conv1d(chin, 2 * chin, 1)
+    torch.manual_seed(3)
+    fast = PointwiseConv1d(chin, 2 * chin)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, fast.state_dict()[key])
+    x = torch.randn(batch, chin, steps)
+    assert torch.allclose(fast(x), plain(x), atol=1e-6)
+    assert torch.allclose(fast(x[0]), plain(x[0]), atol=1e-6)  # unbatched input falls back to the conv
+    fast(x).sum().backward()  # trainable like the conv
+    assert fast.weight.grad is not None and fast.weight.grad.shape == plain.weight.shape
+
+
+def test_per_head_attention_matches_scaled_dot_product_attention():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 30, 8), torch.randn(2, 4, 45, 8), torch.randn(2, 4, 45, 8)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(_attend_by_head(q, k, v), expected, atol=1e-6)
+    got = _attend_by_head(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert got.dtype == torch.bfloat16 and snr_db(expected, got.float()) > 30
+
+
+def test_bf16_separator_stays_close_to_fp32_and_fp32_is_unchanged():
+    model = tiny_htdemucs()
+    torch.manual_seed(1)
+    mix = 0.3 * torch.randn(2, 8000 * 2 + 11)
+    fp32 = Separator(model, device="cpu").separate_tensor(mix)
+    again = Separator(model, device="cpu", precision="fp32").separate_tensor(mix)
+    bf16 = Separator(model, device="cpu", precision="bf16").separate_tensor(mix)
+    assert torch.equal(fp32, again)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert not torch.equal(bf16, fp32)  # it really ran in bfloat16
+    assert snr_db(fp32, bf16) > 25
+
+
+def test_separator_refuses_unknown_precision():
+    with pytest.raises(ModelError, match="precision"):
+        Separator(tiny_htdemucs(), device="cpu", precision="int4")
+
+
+def test_cli_precision_flag_writes_stems(tmp_path, tiny_checkpoint):
+    sf.write(tmp_path / "song.wav", tone(1.0, 44100, 2), 44100)
+    result = run_cli("separate", "song.wav", "--model-path", str(tiny_checkpoint), "--precision", "bf16", "-d", "cpu",
+                     "-o", "out", "--filename", "{stem}.{ext}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for stem in SOURCES:
+        audio, rate = sf.read(tmp_path / "out" / f"{stem}.wav")
+        assert rate == 44100 and audio.shape == (44100, 2)
+    bad = run_cli("separate", "song.wav", "--model-path", str(tiny_checkpoint), "--precision", "fp8", cwd=tmp_path)
+    assert bad.returncode == 2
