@@ -18,7 +18,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=12)
-    parser.add_argument("--seconds", type=float, nargs="+", default=[6.0, 10.0, 30.0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[3.0, 6.0, 10.0, 30.0])
     parser.add_argument("--samplerate", type=int, default=44100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

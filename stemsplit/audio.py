@@ -3,7 +3,8 @@
 Owns everything between a file on disk and a float32 `(channels, time)` tensor, in both
 directions. Decoding goes through soundfile (wav, flac, mp3, ogg/vorbis, opus, aiff, ...) and, for
 other containers (m4a, aac, webm, video files), through an `ffmpeg` found on PATH. Inputs are read in
-blocks and resampled block by block, so only the converted signal is ever held in full. Outputs
+blocks and resampled block by block, either into one tensor (`load_audio`) or, for tracks of any
+length, into an anonymous temporary file read back by slices (`spool_audio`, `SignalFile`). Outputs
 are written through `AudioWriter`, which streams blocks into a temporary file in the target folder
 and renames it into place only when everything succeeded.
 
@@ -312,53 +313,70 @@ def _convert_channels(block: torch.Tensor, channels: Optional[int], path: Path) 
     raise AudioError(f"{path}: cannot convert {have} channels to {channels}")
 
 
+class _Decoding:
+    """One pass over a file: the format facts, then `(native, converted)` blocks.
+
+    `native` is a decoded block at the file's own rate with channels converted, `converted` the
+    output of the block-wise resampler that became final with it (possibly empty). A last pair
+    with an empty `native` carries the resampler's tail. Iterating raises AudioError (naming the
+    file) for undecodable, truncated or empty files and for NaN or infinite samples.
+    """
+
+    def __init__(self, path: Path, samplerate: Optional[int], channels: Optional[int]) -> None:
+        self.path = path
+        self._source = _open_source(path)
+        self.native_samplerate = self._source.samplerate
+        self.native_channels = self._source.channels
+        self.samplerate = samplerate or self._source.samplerate
+        self.channels = channels or self._source.channels
+        self._convert_to = channels
+        if channels is not None and self._source.channels > 2:
+            _convert_channels(torch.zeros(self._source.channels, 0), channels, path)
+        try:
+            self._resampler = StreamResampler(self._source.samplerate, self.samplerate)
+        except AudioError as exc:
+            raise AudioError(f"{path}: {exc}") from None
+        self.expected: Optional[int] = None  # converted frames announced by the container, if any
+        if self._source.frames is not None and self._source.frames > 0:
+            self.expected = self._source.frames * self._resampler.new // self._resampler.old
+        self.decoded = 0  # native frames decoded so far
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for block in self._source.blocks:
+            tensor = torch.from_numpy(np.ascontiguousarray(block.T))
+            if not bool(torch.isfinite(tensor).all()):
+                bad = self.decoded + int((~torch.isfinite(tensor)).any(0).nonzero()[0])
+                raise AudioError(f"{self.path}: contains NaN or infinite samples (first at frame {bad})")
+            self.decoded += tensor.shape[-1]
+            tensor = _convert_channels(tensor, self._convert_to, self.path)
+            yield tensor, self._resampler.push(tensor)
+        if self.decoded == 0:
+            raise AudioError(f"{self.path}: contains no audio samples (empty or truncated file)")
+        yield torch.zeros(self.channels, 0), self._resampler.flush()
+
+
 @dataclass
 class LoadedAudio:
-    """A decoded input: `wav` at `samplerate`, plus the file's own rate and channel count.
-
-    `native` is the decoded signal at the file's rate (channels converted), kept only when asked
-    for and when it differs from `wav`.
-    """
+    """A decoded input: `wav` at `samplerate`, plus the file's own rate, channels and length."""
 
     wav: torch.Tensor
     samplerate: int
     native_samplerate: int
     native_channels: int
     native_frames: int
-    native: Optional[torch.Tensor] = None
 
 
-def load_audio(
-    path: PathLike,
-    samplerate: Optional[int] = None,
-    channels: Optional[int] = None,
-    *,
-    keep_native: bool = False,
-) -> LoadedAudio:
+def load_audio(path: PathLike, samplerate: Optional[int] = None, channels: Optional[int] = None) -> LoadedAudio:
     """Decode `path` block by block, converting channels and resampling on the fly.
 
     Raises AudioError (naming the file) for missing, empty, undecodable, truncated files and for
     NaN or infinite samples.
     """
-    path = Path(path)
-    source = _open_source(path)
-    target_sr = samplerate or source.samplerate
-    if channels is not None and source.channels > 2:
-        _convert_channels(torch.zeros(source.channels, 0), channels, path)
-    try:
-        resampler = StreamResampler(source.samplerate, target_sr)
-    except AudioError as exc:
-        raise AudioError(f"{path}: {exc}") from None
-    out_channels = channels or source.channels
-    same_rate = target_sr == source.samplerate
-    expected = None
-    if source.frames is not None and source.frames > 0:
-        expected = source.frames * resampler.new // resampler.old
+    decoding = _Decoding(Path(path), samplerate, channels)
+    expected = decoding.expected
     parts: list[torch.Tensor] = []
-    native_parts: list[torch.Tensor] = []
-    wav = torch.empty(out_channels, expected) if expected is not None else None
+    wav = torch.empty(decoding.channels, expected) if expected is not None else None
     filled = 0
-    decoded = 0
 
     def store(piece: torch.Tensor) -> None:
         nonlocal filled, wav
@@ -373,27 +391,155 @@ def load_audio(
             parts.append(piece.clone())
         filled += piece.shape[-1]
 
-    for block in source.blocks:
-        tensor = torch.from_numpy(np.ascontiguousarray(block.T))
-        if not bool(torch.isfinite(tensor).all()):
-            bad = decoded + int((~torch.isfinite(tensor)).any(0).nonzero()[0])
-            raise AudioError(f"{path}: contains NaN or infinite samples (first at frame {bad})")
-        decoded += tensor.shape[-1]
-        tensor = _convert_channels(tensor, channels, path)
-        if keep_native and not same_rate:
-            native_parts.append(tensor.clone())
-        store(resampler.push(tensor))
-    if decoded == 0:
-        raise AudioError(f"{path}: contains no audio samples (empty or truncated file)")
-    store(resampler.flush())
+    for _, converted in decoding:
+        store(converted)
     if wav is not None and not parts:
         result = wav[:, :filled]
     else:
         if wav is not None:
             parts.insert(0, wav[:, :filled])
         result = torch.cat(parts, -1)
-    native = torch.cat(native_parts, -1) if native_parts else None
-    return LoadedAudio(result.contiguous(), target_sr, source.samplerate, source.channels, decoded, native)
+    return LoadedAudio(result.contiguous(), decoding.samplerate, decoding.native_samplerate,
+                       decoding.native_channels, decoding.decoded)
+
+
+class SignalFile:
+    """A long float32 `(channels, time)` signal kept in an anonymous temporary file, not in memory.
+
+    Frames are appended block by block (interleaved little-endian float32) and read back by
+    slicing, `signal[:, start:end]`, which returns a `(channels, n)` tensor through an ordinary
+    file read: only the slices asked for are ever in memory (a memory map would count every
+    touched page toward the process's resident memory). The file has no name on POSIX systems and
+    is deleted when closed on every system, so an error, Ctrl-C or even a killed process leaves
+    nothing behind.
+
+    While appending it accumulates, in float64 with Chan's pairwise update (stable for any
+    length), the mean and variance of the channel average: the statistics the separator
+    normalises its input with, known without a second pass over the file.
+    """
+
+    def __init__(self, channels: int, folder: Optional[PathLike] = None) -> None:
+        self.channels = channels
+        self.length = 0
+        self._file = tempfile.TemporaryFile(dir=folder)
+        self._mean = 0.0
+        self._m2 = 0.0  # sum of squared deviations from the running mean
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.channels, self.length)
+
+    def append(self, block: torch.Tensor) -> None:
+        """Add `(channels, n)` samples at the end."""
+        n = block.shape[-1]
+        if n == 0:
+            return
+        data = block.detach().to("cpu", torch.float32).T.contiguous().numpy()
+        self._file.seek(self.length * 4 * self.channels)
+        self._file.write(data.astype("<f4", copy=False).tobytes())
+        average = block.double().mean(0)
+        block_mean = float(average.mean())
+        block_m2 = float(((average - block_mean) ** 2).sum())
+        total = self.length + n
+        delta = block_mean - self._mean
+        self._mean += delta * n / total
+        self._m2 += block_m2 + delta * delta * self.length * n / total
+        self.length = total
+
+    def channel_mean_std(self) -> tuple[float, float]:
+        """Mean and unbiased standard deviation of the channel average over all frames."""
+        std = (self._m2 / (self.length - 1)) ** 0.5 if self.length > 1 else 0.0
+        return self._mean, std
+
+    def __getitem__(self, key: tuple[slice, slice]) -> torch.Tensor:
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)
+                and isinstance(key[1], slice) and key[1].step in (None, 1)):
+            raise TypeError("a SignalFile is read as signal[:, start:end]")
+        start, end, _ = key[1].indices(self.length)
+        n = max(0, end - start)
+        frames = np.empty((n, self.channels), dtype="<f4")
+        if n:
+            self._file.seek(start * 4 * self.channels)
+            if self._file.readinto(frames) != frames.nbytes:
+                raise AudioError("a temporary audio file was cut short while being read back")
+        return torch.from_numpy(np.ascontiguousarray(frames.T, dtype=np.float32))
+
+    def close(self) -> None:
+        """Delete the file."""
+        self._file.close()
+
+    def __enter__(self) -> "SignalFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        self.close()
+
+
+@dataclass
+class SpooledAudio:
+    """A decoded input kept on disk: `signal` at `samplerate`, and the file's own facts.
+
+    `native` holds the decoded signal at the file's own rate (channels converted), when it was
+    asked for and differs from `signal`. `close()` deletes both files.
+    """
+
+    signal: SignalFile
+    samplerate: int
+    native_samplerate: int
+    native_channels: int
+    native_frames: int
+    native: Optional[SignalFile] = None
+
+    def close(self) -> None:
+        self.signal.close()
+        if self.native is not None:
+            self.native.close()
+
+    def __enter__(self) -> "SpooledAudio":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        self.close()
+
+
+def spool_audio(
+    path: PathLike,
+    samplerate: Optional[int] = None,
+    channels: Optional[int] = None,
+    *,
+    folder: Optional[PathLike] = None,
+    keep_native: bool = False,
+) -> SpooledAudio:
+    """Decode `path` like `load_audio`, but into temporary files in `folder` (default: the
+    system's temporary folder) instead of memory.
+
+    Memory stays bounded by one decoding block whatever the track's length. Raises AudioError
+    like `load_audio`; a temporary file that cannot be written is an AudioError naming it.
+    """
+    decoding = _Decoding(Path(path), samplerate, channels)
+    files: list[SignalFile] = []
+    try:
+        try:
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            signal = SignalFile(decoding.channels, folder)
+            files.append(signal)
+            native = None
+            if keep_native and decoding.samplerate != decoding.native_samplerate:
+                native = SignalFile(decoding.channels, folder)
+                files.append(native)
+            for raw, converted in decoding:
+                signal.append(converted)
+                if native is not None:
+                    native.append(raw)
+        except OSError as exc:
+            raise write_error(Path(folder or tempfile.gettempdir()), exc) from None
+    except BaseException:
+        for item in files:
+            item.close()
+        raise
+    return SpooledAudio(signal, decoding.samplerate, decoding.native_samplerate, decoding.native_channels,
+                        decoding.decoded, native)
 
 
 def read_audio(

@@ -119,21 +119,44 @@ def _architecture_name(model: nn.Module) -> str:
     )
 
 
-def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: Path) -> nn.Module:
-    """Load tensors (casting half-precision ones to the model's float32) and switch to eval."""
+def _has_meta_tensors(model: nn.Module) -> bool:
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
+
+
+def _load_state(spec: Dict[str, Any], state: Dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """Build the model of `spec` holding the tensors of `state`, in eval mode.
+
+    Half-precision tensors are cast to the model's float32. The model is built on the meta device
+    (no memory, no initialisation) and the loaded tensors become its parameters as they are, so
+    the weights are never held twice: loading peaks at the size of the weights, not double. A
+    model that would keep anything not covered by the state (a non-persistent buffer) is built
+    and filled the ordinary way instead.
+    """
     if state.get("__quantized"):
         raise CheckpointError(f"{path} {_QUANTIZED_HINT}")
     tensors = {}
-    for key, value in state.items():
+    for key in list(state):
+        value = state.pop(key)  # each original is freed as soon as it is converted
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: state entry {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.float() if value.is_floating_point() else value
+    with torch.device("meta"):
+        model = build_model(spec["architecture"], spec["kwargs"])
+    assign = True
+    if set(model.state_dict()) != {name for name, _ in model.named_parameters()} | {
+        name for name, _ in model.named_buffers()
+    }:
+        model, assign = build_model(spec["architecture"], spec["kwargs"]), False
+    if spec["format"] == "stemsplit" and spec.get("segment") not in (None, model.segment):
+        model.segment = spec["segment"]  # saved after a bag or user changed it: keep what was saved
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise CheckpointError(f"{path}: weights do not match {type(model).__name__}: {detail}") from exc
+    if _has_meta_tensors(model):
+        raise CheckpointError(f"{path}: the checkpoint leaves part of {type(model).__name__} without weights")
     return model.eval()
 
 
@@ -249,16 +272,50 @@ def save_bag(bag: nn.Module, path: PathLike) -> List[Path]:
     return written
 
 
-def _read_safetensors(path: Path, tensors: bool) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
+def _read_safetensors_metadata(path: Path) -> Dict[str, str]:
+    """The header metadata of a safetensors file (the library also validates the whole header)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            state = {key: file.get_tensor(key) for key in file.keys()} if tensors else {}
+            return file.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
-    return metadata, state
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_safetensors_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    """Every tensor of a (validated) safetensors file, each read straight into its own memory.
+
+    safetensors' own loader hands out views of a private memory map of the whole file; models
+    holding those would keep the file mapped (it could then not be replaced on Windows, and an
+    in-place rewrite would change or crash a running model), and copying them out would hold
+    the weights twice. Reading each tensor's bytes into a fresh tensor costs neither.
+    """
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(size))
+            state = {}
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+                raw = tensor.view(-1).view(torch.uint8).numpy()
+                file.seek(8 + size + begin)
+                if raw.nbytes != end - begin or file.readinto(raw) != raw.nbytes:
+                    raise ValueError(f"tensor {key!r} does not fit its stored bytes")
+                state[key] = tensor
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return state
 
 
 def _safetensors_spec(path: Path, metadata: Dict[str, str]) -> Dict[str, Any]:
@@ -496,8 +553,7 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     if kind == "bag":
         return {"format": "bag", **_read_bag_file(path)}
     if kind == "safetensors":
-        metadata, _ = _read_safetensors(path, tensors=False)
-        return _safetensors_spec(path, metadata)
+        return _safetensors_spec(path, _read_safetensors_metadata(path))
     return _package_spec(path, _read_package(path))
 
 
@@ -508,15 +564,12 @@ def load_checkpoint(path: PathLike) -> nn.Module:
     if kind == "bag":
         return _load_bag(path)
     if kind == "safetensors":
-        metadata, state = _read_safetensors(path, tensors=True)
-        spec = _safetensors_spec(path, metadata)
+        spec = _safetensors_spec(path, _read_safetensors_metadata(path))
+        state = _read_safetensors_tensors(path)
     else:
         package = _read_package(path)
         spec = _package_spec(path, package)
         state = package["state"]
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: 'state' is not a dict of tensors")
-    model = build_model(spec["architecture"], spec["kwargs"])
-    if spec["format"] == "stemsplit" and spec.get("segment") not in (None, model.segment):
-        model.segment = spec["segment"]  # saved after a bag or user changed it: keep what was saved
-    return _load_state(model, state, path)
+    return _load_state(spec, state, path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-import click
 import typer
 import typer.core
 
@@ -18,7 +17,7 @@ from stemsplit import __version__
 class _DefaultToSeparate(typer.core.TyperGroup):
     """A command group where an unknown first word means `separate` (so `stemsplit song.mp3` works)."""
 
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: typer.Context, args: List[str]) -> List[str]:
         first = next((a for a in args if not a.startswith("-")), None)
         if args and first is not None and first not in self.commands and args[0] not in ("--help", "--version"):
             args = ["separate", *args]

@@ -1,9 +1,11 @@
 """From one input file to stem files on disk, with bounded memory.
 
-Owns the per-track pipeline the command line runs: decode, separate as a stream, turn mono back
+Owns the per-track pipeline the command line runs: decode into a temporary file (next to the
+outputs, deleted whatever happens), separate it as a stream, turn mono back
 into mono, build `no_STEM` for two-stem output, resample back to the input's rate block by block,
 prevent clipping, and encode every stem atomically (all stems of a track appear together, or none
-does). With `clip="rescale"` the loudest sample is only known at the end, so stems are first
+does). Neither the input nor the stems are ever held in memory in full, so memory does not grow
+with the track's length. With `clip="rescale"` the loudest sample is only known at the end, so stems are first
 spooled as raw float32 next to their targets and encoded in a second pass.
 
 It must not print, parse options or choose file names (cli.py does), nor know how segments are
@@ -18,7 +20,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from stemsplit.audio import AudioWriter, StreamResampler, load_audio, temp_path_for, write_error
+from stemsplit.audio import AudioWriter, SpooledAudio, StreamResampler, spool_audio, temp_path_for, write_error
 from stemsplit.errors import ModelError
 from stemsplit.separate import Separator
 
@@ -111,23 +113,35 @@ def separate_file(
 
     Keys of `targets` are model sources, or `STEM` and `no_STEM` with `two_stems=STEM`. Nothing
     appears at any final path unless every stem was written completely. `on_start` receives the
-    track's duration in seconds once it is decoded.
+    track's duration in seconds once it is decoded. The decoded input lives in anonymous
+    temporary files in the first target's folder while the track is processed.
     """
     if options.clip not in CLIP_MODES:
         raise ValueError(f"unknown clip mode {options.clip!r}")
     path = Path(path)
-    wanted = [two_stems] if two_stems is not None else [s for s in targets]
+    # no_STEM is the mixture minus STEM at the output rate: keep the input at its own rate too
     keep_native = two_stems is not None and options.keep_samplerate
-    loaded = load_audio(path, separator.samplerate, separator.audio_channels, keep_native=keep_native)
-    if on_start is not None:
-        on_start(loaded.wav.shape[-1] / separator.samplerate)
+    folder = next(iter(targets.values())).parent
+    with spool_audio(path, separator.samplerate, separator.audio_channels, folder=folder,
+                     keep_native=keep_native) as loaded:
+        if on_start is not None:
+            on_start(loaded.signal.shape[-1] / separator.samplerate)
+        return _separate_spooled(loaded, separator, targets, options, two_stems)
+
+
+def _separate_spooled(
+    loaded: SpooledAudio,
+    separator: Separator,
+    targets: dict[str, Path],
+    options: OutputOptions,
+    two_stems: Optional[str],
+) -> TrackResult:
+    """Separate an already decoded input and write its stems (see `separate_file`)."""
+    wanted = [two_stems] if two_stems is not None else [s for s in targets]
     out_rate = loaded.native_samplerate if options.keep_samplerate else separator.samplerate
     mono = loaded.native_channels == 1
     channels = 1 if mono else separator.audio_channels
-    if two_stems is not None:
-        mixture = loaded.native if (loaded.native is not None and out_rate != separator.samplerate) else loaded.wav
-        if mono:
-            mixture = mixture[:1] if mixture.shape[0] > 1 else mixture
+    mixture = loaded.native if loaded.native is not None else loaded.signal  # at out_rate
     names = list(targets)
     spooled = options.clip == "rescale"
     opened: list = []  # every spool and writer created, so that any failure can remove them all
@@ -157,7 +171,7 @@ def separate_file(
             if n == 0:
                 return
             if two_stems is not None:
-                rest = mixture[:, written : written + n] - block[0]
+                rest = mixture[:, written : written + n][:channels] - block[0]
                 block = torch.stack([block[0], rest])
             if options.clip == "clamp":
                 block = block.clamp(-1.0, 1.0)
@@ -167,7 +181,7 @@ def separate_file(
             written += n
 
         stems_count = len(wanted)
-        for _, block in separator.stream(loaded.wav, wanted):
+        for _, block in separator.stream(loaded.signal, wanted):
             if mono:
                 block = block.mean(1, keepdim=True)
             emit(resampler.push(block.flatten(0, 1)).unflatten(0, (stems_count, channels)))
@@ -198,5 +212,6 @@ def separate_file(
             item.abort() if isinstance(item, AudioWriter) else item.discard()
         raise
     return TrackResult(
-        outputs=dict(targets), duration=loaded.wav.shape[-1] / separator.samplerate, samplerate=out_rate, scale=scale
+        outputs=dict(targets), duration=loaded.signal.shape[-1] / separator.samplerate, samplerate=out_rate,
+        scale=scale
     )

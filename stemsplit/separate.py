@@ -5,7 +5,9 @@ bag weighting and device placement. Results follow the reference `demucs.apply.a
 (same segment grid, triangular weights, padding with real context, same random shifts for a
 given seed) but are produced as a stream: `Separator.stream` yields finished stretches of output
 as soon as no later segment can touch them, so the caller can write them out and memory stays
-bounded by a few segments whatever the track length.
+bounded by a few segments whatever the track length. The input is a tensor or any long signal
+read by slices (`LongSignal`, e.g. `stemsplit.audio.SignalFile`), so it need not be in memory
+either.
 
 It must not read or write files (see `stemsplit.audio` and `stemsplit.export`) and never prints;
 progress goes through a callback.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import nn
@@ -24,6 +26,23 @@ from stemsplit.errors import AudioError, ModelError
 
 Progress = Callable[[int, int], None]
 PRECISIONS = ("fp32", "bf16")
+
+
+class LongSignal(Protocol):
+    """A float32 `(channels, time)` signal the separator reads window by window.
+
+    `signal[:, start:end]` returns a `(channels, n)` tensor. A signal may also offer
+    `channel_mean_std() -> (mean, std)`, the mean and unbiased std of its channel average,
+    to spare the separator a pass over it.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def __getitem__(self, key: tuple[slice, slice]) -> torch.Tensor: ...
+
+
+Signal = Union[torch.Tensor, LongSignal]
 
 
 def resolve_device(spec: Union[str, torch.device]) -> torch.device:
@@ -72,19 +91,24 @@ def _triangle(length: int) -> torch.Tensor:
     return ramp / ramp.max()
 
 
-def _mean_std(mix: torch.Tensor, block: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(mix: Signal, block: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) std of the channel-average, as the reference normalises its input.
 
-    Computed block by block in float64 so that no full-length temporary is created; the result
-    matches the reference's float32 `ref.mean()` and `ref.std() + 1e-8` to float32 precision.
-    Any NaN or infinite sample makes them non-finite, which is how the caller detects those.
+    Computed block by block in float64 so that no full-length temporary is created (or taken
+    from the signal when it keeps them); the result matches the reference's float32 `ref.mean()`
+    and `ref.std() + 1e-8` to float32 precision. Any NaN or infinite sample makes them
+    non-finite, which is how the caller detects those.
     """
-    length = mix.shape[-1]
-    total = sum(float(mix[:, i : i + block].double().mean(0).sum()) for i in range(0, length, block))
-    mean = total / length
-    squares = sum(float(((mix[:, i : i + block].double().mean(0) - mean) ** 2).sum())
-                  for i in range(0, length, block))
-    std = (squares / (length - 1)) ** 0.5 if length > 1 else 0.0
+    known = getattr(mix, "channel_mean_std", None)
+    if known is not None:
+        mean, std = known()
+    else:
+        length = mix.shape[-1]
+        total = sum(float(mix[:, i : i + block].double().mean(0).sum()) for i in range(0, length, block))
+        mean = total / length
+        squares = sum(float(((mix[:, i : i + block].double().mean(0) - mean) ** 2).sum())
+                      for i in range(0, length, block))
+        std = (squares / (length - 1)) ** 0.5 if length > 1 else 0.0
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std + 1e-8, dtype=torch.float32)
 
 
@@ -274,7 +298,7 @@ class Separator:
             return int(lane.model.valid_length(chunk))
         return chunk
 
-    def _run_batch(self, lane: _Lane, mix: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def _run_batch(self, lane: _Lane, mix: Signal, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Process the lane's next segments that share a padded length, as one forward pass."""
         first = lane.offsets[lane.done]
         chunk = min(lane.segment, lane.length - first)
@@ -310,20 +334,22 @@ class Separator:
         lane.done += len(batch)
 
     def stream(
-        self, mix: torch.Tensor, sources: Optional[Sequence[str]] = None
+        self, mix: Signal, sources: Optional[Sequence[str]] = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Separate `(channels, time)` at the model's rate, yielding `(start, (S, C, n))` blocks.
 
-        Blocks are consecutive and cover the whole track; each is final when yielded. `sources`
-        restricts (and orders) the stems computed; bag members that do not contribute to any of
-        them are skipped.
+        `mix` is a tensor or a `LongSignal` (read one window at a time, so a track on disk is
+        never loaded whole); both give identical results. Blocks are consecutive and cover the
+        whole track; each is final when yielded. `sources` restricts (and orders) the stems
+        computed; bag members that do not contribute to any of them are skipped.
         """
-        if mix.dim() != 2 or mix.shape[0] != self.audio_channels:
+        if len(mix.shape) != 2 or mix.shape[0] != self.audio_channels:
             raise ModelError(
                 f"expected a ({self.audio_channels}, time) mix for this model, got shape {tuple(mix.shape)}"
             )
         wanted = self._resolve_sources(sources)
-        mix = mix.detach().to("cpu", torch.float32)
+        if isinstance(mix, torch.Tensor):
+            mix = mix.detach().to("cpu", torch.float32)
         length = mix.shape[-1]
         if length == 0:
             return
@@ -351,8 +377,9 @@ class Separator:
                 yield emitted, block * std + mean
                 emitted = ready
 
-    def separate_tensor(self, mix: torch.Tensor, sources: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """Separate `(channels, time)` at the model's rate into `(sources, channels, time)`."""
+    def separate_tensor(self, mix: Signal, sources: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Separate `(channels, time)` (a tensor or a `LongSignal`) at the model's rate into
+        `(sources, channels, time)`."""
         wanted = self._resolve_sources(sources)
         out = torch.zeros(len(wanted), mix.shape[0], mix.shape[-1])
         for start, block in self.stream(mix, sources):

@@ -140,7 +140,7 @@ def test_exclude_holds_out_sound_sources(monkeypatch):
 
     kits, kinds, voices = [], [], []
     real_kit, real_init, real_singer = kit.make_kit, instruments.Instrument.__init__, singer.make_singer
-    monkeypatch.setattr(kit, "make_kit", lambda rng, sr, kind: kits.append(kind) or real_kit(rng, sr, kind))
+    monkeypatch.setattr(kit, "make_kit", lambda rng, sr, kind, *rest: kits.append(kind) or real_kit(rng, sr, kind, *rest))
     monkeypatch.setattr(instruments.Instrument, "__init__",
                         lambda self, rng, kind, sr: kinds.append(kind) or real_init(self, rng, kind, sr))
     monkeypatch.setattr(singer, "make_singer", lambda *a, **k: voices.append(real_singer(*a, **k)) or voices[-1])

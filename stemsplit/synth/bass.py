@@ -239,7 +239,7 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
     glides = voice_kind in ("808", "saw", "square", "sine") and rng.random() < (0.6 if voice_kind == "808" else 0.2)
     mono = np.zeros(length, dtype=F32)
     prev: Note | None = None
-    for note in notes:
+    for note in [n for n in notes if n.start < length / sr and n.start + n.dur + 0.5 > 0]:
         legato = prev is not None and note.start - (prev.start + prev.dur) < 0.03 and prev.pitch != note.pitch
         glide_from = prev.pitch if (glides and legato and rng.random() < 0.5) else None
         audio = voice.note(note.pitch, note.dur, note.vel, glide_from) * F32(note.vel)

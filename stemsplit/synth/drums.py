@@ -197,16 +197,12 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
         kind = "808"
     if plan.style in ("jazz", "ballad", "folk") and rng.random() < 0.4 and "brushes" not in exclude:
         kind = "brushes"
-    pieces = kit.make_kit(rng, sr, kind)
+    end = length / sr
+    notes = [n for n in write_part(rng, plan) if -2.6 < n.start < end]  # only hits that can be heard
+    pieces = kit.make_kit(rng, sr, kind, {n.piece for n in notes})
     pans = _pans(rng)
-    gains = {p: dsp.db(rng.uniform(-3, 3)) for p in pieces}
-    gains["hat_closed"] *= 0.5
-    gains["hat_open"] *= 0.5
-    gains["ride"] *= 0.45
-    gains["crash"] *= 0.5
-    for p in PERCUSSION:
-        gains[p] *= 0.5
-    notes = write_part(rng, plan)
+    quieter = {"hat_closed": 0.5, "hat_open": 0.5, "ride": 0.45, "crash": 0.5, **{p: 0.5 for p in PERCUSSION}}
+    gains = {p: dsp.db(rng.uniform(-3, 3)) * quieter.get(p, 1.0) for p in kit.PIECES}
     out = np.zeros((2, length), dtype=F32)
     hat_times = [n.start for n in notes if n.piece in ("hat_closed", "hat_pedal")]
     for note in notes:

@@ -87,6 +87,21 @@ def decaying_sines(freqs: list[float], taus: list[float], amps: list[float], n: 
     return out.astype(F32)
 
 
+def wavetable(table: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """Read one stored period (with its first sample repeated at the end) at a running phase,
+    interpolating linearly: a static spectrum costs the same whatever its number of partials."""
+    x = (phase % 1.0) * (table.shape[0] - 1)
+    i = x.astype(np.int64)
+    frac = (x - i).astype(F32)
+    return table[i] + (table[i + 1] - table[i]) * frac
+
+
+def harmonic_table(amps: dict[int, float], size: int = 2048) -> np.ndarray:
+    """One period of a sum of harmonics {k: amplitude}, ready for `wavetable`."""
+    x = np.arange(size + 1) / size
+    return sum(a * np.sin(2 * np.pi * k * x) for k, a in amps.items()).astype(F32)
+
+
 def adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release: float,
          gate: float) -> np.ndarray:
     """Linear-attack, exponential-decay/release envelope over n samples; the note is held for `gate` s."""

@@ -92,15 +92,15 @@ class Instrument:
             tine = dsp.sine(ph * 14.0) * dsp.exp_decay(n, sr, 0.02) * F32(0.2)
             out = (out + tine) * dsp.exp_decay(n, sr, 1.5 * (440 / freq) ** 0.3)
         elif kind == "organ":
+            sub = freq * 0.5  # drawbars 16' ... 1' are harmonics 1..16 of the sub-octave
+            drawbars = {k: float(level) for level, k in zip(self.drawbars, (1, 2, 3, 4, 6, 8, 10, 12, 16))
+                        if level > 0 and sub * k < 0.45 * sr}
             if self.vibrato > 0.1:  # a touch of rotary-speaker vibrato
                 t = np.arange(n, dtype=np.float64) / sr
-                ph = dsp.phase_from_freq(freq * (1.0 + 0.003 * np.sin(2 * np.pi * 6.5 * t)), n, sr)
+                ph = dsp.phase_from_freq(sub * (1.0 + 0.003 * np.sin(2 * np.pi * 6.5 * t)), n, sr)
             else:
-                ph = dsp.phase_from_freq(freq, n, sr)
-            out = np.zeros(n, dtype=F32)
-            for level, ratio in zip(self.drawbars, (0.5, 1, 1.5, 2, 3, 4, 5, 6, 8)):
-                if level > 0 and freq * ratio < 0.45 * sr:
-                    out += dsp.sine(ph * ratio) * F32(level)
+                ph = dsp.phase_from_freq(sub, n, sr)
+            out = dsp.wavetable(dsp.harmonic_table(drawbars), ph)
             out[: int(0.004 * sr)] += self.rng.standard_normal(int(0.004 * sr)).astype(F32) * F32(0.1)
         elif kind == "bells":
             out = self._partials(freq, n, [1.0, 2.76, 5.40, 8.93], decay_base=1.5 * (440 / freq) ** 0.3, stretch=False)
@@ -317,7 +317,8 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
         notes = write_part(rng, plan, role, center)
         inst = Instrument(rng, kind, sr)
         mono = np.zeros(length, dtype=F32)
-        for note in notes:
+        audible = [n for n in notes if n.start < length / sr and n.start + n.dur + 4 * inst.release > 0]
+        for note in audible:
             dsp.add_at(mono, inst.note(note.pitch, note.dur, note.vel), int(round(note.start * sr)))
         level = dsp.db(rng.uniform(-6, 0)) * (0.6 if role == "chords" else 1.0)
         pan = float(rng.uniform(-0.6, 0.6)) if i > 0 or rng.random() < 0.5 else 0.0

@@ -1,7 +1,7 @@
 """Drum kit one-shots: synthesized electronic, acoustic-like, sampled/lo-fi, 808 and brush kits.
 
 Owns how each kit piece sounds (kick, snare, brush, clap, hats, ride, crash, toms, percussion),
-rendered once per song in a few round-robin variants, as a sampled kit plays them. It must not
+rendered once per song in two round-robin variants, as a sampled kit plays them. It must not
 write patterns or place hits (drums.py).
 """
 from __future__ import annotations
@@ -12,6 +12,9 @@ from stemsplit.synth import dsp
 
 F32 = np.float32
 KIT_KINDS = ("electronic", "acoustic", "sampled", "808", "brushes")
+PERCUSSION = ("shaker", "tambourine", "cowbell", "conga", "bongo", "rim", "clave")
+PIECES = ("kick", "snare", "clap", "hat_closed", "hat_pedal", "hat_open", "ride", "crash", "tom_hi", "tom_mid",
+          "tom_lo", *PERCUSSION)
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -147,42 +150,75 @@ def _perc(rng: np.random.Generator, sr: int, piece: str, bank: np.ndarray) -> np
     return dsp.sine(dsp.phase_from_freq(rng.uniform(1800, 2600), n, sr)) * dsp.exp_decay(n, sr, 0.015)
 
 
-PERCUSSION = ("shaker", "tambourine", "cowbell", "conga", "bongo", "rim", "clave")
 
 
-def make_kit(rng: np.random.Generator, sr: int, kind: str) -> dict[str, list[np.ndarray]]:
-    """A drum kit: each piece as 2-3 slightly different one-shots (round-robin samples)."""
+class _Bank:
+    """A kit-wide metallic oscillator bank, computed on first use (many songs never need it)."""
+
+    def __init__(self, rng: np.random.Generator, sr: int, low: float, high: float):
+        self.seed, self.sr, self.base = int(rng.integers(2**62)), sr, float(rng.uniform(low, high))
+        self.audio: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self.audio is None:
+            self.audio = _metal(np.random.default_rng(self.seed), int(1.2 * self.sr), self.sr, self.base)
+        return self.audio
+
+
+def make_kit(rng: np.random.Generator, sr: int, kind: str,
+             pieces: set[str] | None = None) -> dict[str, list[np.ndarray]]:
+    """A drum kit: each piece as two slightly different one-shots (round-robin samples).
+
+    Only `pieces` are rendered (default all); the kit's sound does not depend on which."""
     toms = sorted(rng.uniform(80, 260, size=3), reverse=True)
     open_decay = rng.uniform(0.15, 0.5)
-    hat_bank = _metal(rng, int(2.6 * sr), sr, rng.uniform(280, 420))
-    cymbal_bank = _metal(rng, int(2.6 * sr), sr, rng.uniform(300, 500))
+    hats = _Bank(rng, sr, 280, 420)
+    cymbals = _Bank(rng, sr, 300, 500)
     builders = {
         "kick": lambda r: _kick(r, sr, kind),
         "snare": (lambda r: _brush(r, sr)) if kind == "brushes" else (lambda r: _snare(r, sr, kind)),
         "clap": lambda r: _clap(r, sr),
-        "hat_closed": lambda r: _hat(r, sr, r.uniform(0.015, 0.05), kind, hat_bank),
-        "hat_pedal": lambda r: _hat(r, sr, 0.02, kind, hat_bank) * 0.6,
-        "hat_open": lambda r: _hat(r, sr, open_decay, kind, hat_bank),
-        "ride": lambda r: _cymbal(r, sr, r.uniform(0.6, 1.5), True, cymbal_bank),
-        "crash": lambda r: _cymbal(r, sr, r.uniform(0.9, 2.2), False, cymbal_bank),
+        "hat_closed": lambda r: _hat(r, sr, r.uniform(0.015, 0.05), kind, hats.get()),
+        "hat_pedal": lambda r: _hat(r, sr, 0.02, kind, hats.get()) * 0.6,
+        "hat_open": lambda r: _hat(r, sr, open_decay, kind, hats.get()),
+        "ride": lambda r: _cymbal(r, sr, r.uniform(0.6, 1.5), True, cymbals.get()),
+        "crash": lambda r: _cymbal(r, sr, r.uniform(0.9, 2.2), False, cymbals.get()),
         "tom_hi": lambda r: _tom(r, sr, toms[0]),
         "tom_mid": lambda r: _tom(r, sr, toms[1]),
         "tom_lo": lambda r: _tom(r, sr, toms[2]),
     }
     for p in PERCUSSION:
-        builders[p] = lambda r, p=p: _perc(r, sr, p, hat_bank)
+        builders[p] = lambda r, p=p: _perc(r, sr, p, hats.get())
     kit: dict[str, list[np.ndarray]] = {}
+    room_seed = int(rng.integers(2**62))  # one room for the whole kit
     for piece, build in builders.items():
-        seed = int(rng.integers(2**62))
+        seed = int(rng.integers(2**62))  # drawn for every piece, so the kit is the same whatever is used
+        if pieces is not None and piece not in pieces:
+            continue
         variants = []
-        for v in range(2 if piece in ("crash", "ride", *PERCUSSION) else 3):
+        for v in range(2):
             sample = build(np.random.default_rng([seed, v]))
             if kind == "sampled":
                 sample = _lofi(sample, sr, seed)
+            if kind in ("acoustic", "brushes", "sampled"):
+                sample = _room(sample, sr, room_seed)
             peak = float(np.max(np.abs(sample))) or 1.0
             variants.append(dsp.fade(sample / F32(peak), sr, 0.0, 0.01))
         kit[piece] = variants
     return kit
+
+
+def _room(x: np.ndarray, sr: int, seed: int) -> np.ndarray:
+    """The room around a miked kit: a few darker early reflections (5-45 ms) baked into a hit."""
+    rng = np.random.default_rng(seed)
+    taps = rng.uniform(0.005, 0.045, size=5)
+    gains = rng.uniform(0.08, 0.3, size=5) * np.where(rng.random(5) < 0.5, -1.0, 1.0)
+    dark = dsp.lowpass(x, rng.uniform(2500, 7000), sr, 1)
+    out = np.concatenate([x, np.zeros(int(0.05 * sr), dtype=F32)])
+    for tap, gain in zip(taps, gains):
+        d = int(tap * sr)
+        out[d:d + x.shape[0]] += dark * F32(gain)
+    return out
 
 
 def _lofi(x: np.ndarray, sr: int, seed: int) -> np.ndarray:

@@ -71,14 +71,14 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         applied to short-time spectra; klatt: a time-domain resonator cascade); see
         `COMPONENTS`. "808" names both the 808 drum kit and the 808 bass.
       production: False skips EQ/compression/saturation/delay/reverb/width (a dry path).
-      excerpt: start inside a random section (as a training excerpt), rendering one second of
+      excerpt: start inside a random section (as a training excerpt), rendering half a second of
         preroll so that tails of earlier notes and reverbs are present at the first sample.
     """
     _check(seconds, samplerate, channels, styles, vocal_modes, exclude)
     held_out = frozenset(exclude)
     sr = int(samplerate)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)]
-    preroll = 1.0 if excerpt else 0.0
+    preroll = 0.5 if excerpt else 0.0
     plan = compose.make_plan(rngs[0], seconds, styles=tuple(styles) if styles else None,
                              excerpt=excerpt, preroll=preroll)
     length = int(round((seconds + preroll) * sr))

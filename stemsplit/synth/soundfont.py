@@ -2,10 +2,10 @@
 
 Owns the binding to libfluidsynth (through ctypes, loaded on first use; a fresh synth per
 render, with the soundfont's samples kept warm in fluidsynth's cache per process), the General
-MIDI program choices per stem, and turning the part
-writers' notes into MIDI events rendered offline, sample-accurately and deterministically. The
-internal reverb/chorus of fluidsynth are off: production effects belong to effects.py.
-It must not be required: everything else works without libfluidsynth or a soundfont.
+MIDI program choices per stem, and turning the part writers' notes into MIDI events rendered
+offline and deterministically. The internal reverb/chorus of fluidsynth are off: production
+effects belong to effects.py. It must not be required: everything else works without
+libfluidsynth or a soundfont.
 
 Install with scripts/install_soundfonts.sh (Debian: fluidsynth + a GM soundfont). The
 soundfont of the `fluid-soundfont-gm` package is reserved for held-out evaluation: `"auto"`

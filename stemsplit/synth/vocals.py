@@ -247,7 +247,8 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str
     """Render the vocals stem (2, length) before stem-level production.
 
     `mode` is "sing", "rap" or "spoken"; None draws it from the style (rap-leaning styles may
-    also rap the verses and sing the choruses). No singer has a voice type in `exclude`."""
+    also rap the verses and sing the choruses). No singer has a voice type or vocal model in
+    `exclude`."""
     seconds = length / sr
     if mode is None:
         mode = "rap" if plan.rap else ("spoken" if rng.random() < 0.04 else "sing")

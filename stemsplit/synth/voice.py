@@ -294,9 +294,11 @@ def _cascade_filter(excitation: np.ndarray, formants: np.ndarray, bandwidths: np
     return signal.sosfilt(np.concatenate(colour), out).astype(F32)
 
 
-def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
-                rng: np.random.Generator, breath: bool) -> tuple[float, np.ndarray]:
-    """Render one phrase; returns (start time in seconds, mono audio)."""
+def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool, rng: np.random.Generator,
+                breath: bool, noise_bank: dict[tuple[float, float], np.ndarray]) -> tuple[float, np.ndarray]:
+    """Render one phrase; returns (start time in seconds, mono audio).
+
+    `noise_bank` caches one filtered noise per consonant band for the whole line."""
     hop = 1 << int(round(np.log2(sr * 0.0116)))
     win = 2 * hop
     pre = 0.45 if breath else 0.25
@@ -331,10 +333,7 @@ def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
     harmonics = max(int(0.45 * sr / max(float(f0.max()), 50.0)), 1)
     table = _glottal_table(singer.open_quotient, harmonics)
     phase = dsp.phase_from_freq(f0_s, pos.shape[0], sr, rng.random())
-    x = (phase % 1.0) * (table.shape[0] - 1)
-    i = x.astype(np.int64)
-    frac = (x - i).astype(F32)
-    pulse = table[i] + (table[i + 1] - table[i]) * frac
+    pulse = dsp.wavetable(table, phase)
     if singer.rasp:  # alternate periods louder/softer: the subharmonic roughness of a growl
         pulse *= F32(1.0) + F32(singer.rasp) * (F32(1.0) - F32(2.0) * (np.floor(phase) % 2).astype(F32))
     noise = rng.standard_normal(pos.shape[0]).astype(F32)
@@ -351,7 +350,6 @@ def sing_phrase(notes: list[VocalNote], singer: Singer, sr: int, speech: bool,
     # relative to the sung vowels (an "s" sits roughly 10 dB under the vowel around it).
     loud = amp_s[:n] > 0.5 * float(amp_s.max())
     ref = float(np.sqrt(np.mean(out[loud] ** 2))) if loud.any() else 0.05
-    noise_bank: dict[tuple[float, float], np.ndarray] = {}
     for start, dur, lo, hi, level, closure in bursts:
         m = int(dur * sr)
         if m < 8:
@@ -370,6 +368,7 @@ def sing(notes: list[VocalNote], singer: Singer, sr: int, length: int, speech: b
          breaths: float = 0.6) -> np.ndarray:
     """Render a whole vocal line (mono, `length` samples), phrase by phrase."""
     out = np.zeros(length, dtype=F32)
+    notes = [n for n in notes if n.start - 0.5 < length / sr and n.start + n.dur + 0.3 > 0]  # audible ones
     if not notes:
         return out
     rng = np.random.default_rng(singer.seed)
@@ -380,9 +379,8 @@ def sing(notes: list[VocalNote], singer: Singer, sr: int, length: int, speech: b
             phrases.append([note])
         else:
             phrases[-1].append(note)
+    noise_bank: dict[tuple[float, float], np.ndarray] = {}
     for phrase in phrases:
-        if phrase[-1].start + phrase[-1].dur < -0.5 or phrase[0].start > length / sr + 0.5:
-            continue
-        t0, audio = sing_phrase(phrase, singer, sr, speech, rng, breath=rng.random() < breaths)
+        t0, audio = sing_phrase(phrase, singer, sr, speech, rng, rng.random() < breaths, noise_bank)
         dsp.add_at(out, audio, int(round(t0 * sr)))
     return out

@@ -1,0 +1,90 @@
+"""Peak memory of `python -m stemsplit` against track length, with a tiny model.
+
+A tiny random HDemucs keeps the model's own working memory negligible, so what grows with the
+track is the engine's: decoded input, overlap-add state, outputs. The script writes stereo
+44.1 kHz 16-bit test tracks of the given lengths (block by block, so writing them needs no
+memory), runs the command line once per track as a whole process and prints each child's peak
+RSS (from `os.wait4`) and wall time. A flat column means memory does not grow with length.
+
+Usage:
+    python benchmarks/stream_memory.py --minutes 1,10,60
+    PYTHONPATH=/some/other/checkout python benchmarks/stream_memory.py   # compare a version
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLERATE = 44100
+
+
+def write_track(path: Path, minutes: float) -> None:
+    """Stereo tones plus noise, written in 10 s blocks (never held in full)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    frames = int(minutes * 60 * SAMPLERATE)
+    block = 10 * SAMPLERATE
+    with sf.SoundFile(str(path), "w", SAMPLERATE, 2, subtype="PCM_16") as handle:
+        for start in range(0, frames, block):
+            t = np.arange(start, min(frames, start + block)) / SAMPLERATE
+            left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)
+            right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.shape)
+            handle.write(np.stack([left, right], 1).astype(np.float32))
+
+
+def write_model(path: Path) -> None:
+    import torch
+
+    from stemsplit.checkpoint import save_checkpoint
+    from stemsplit.nn import HDemucs
+
+    torch.manual_seed(0)
+    model = HDemucs(sources=["drums", "bass", "other", "vocals"], channels=4, depth=2, samplerate=SAMPLERATE,
+                    segment=10.0)
+    save_checkpoint(model, path)
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports kilobytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", default="1,10,60", help="comma-separated track lengths")
+    parser.add_argument("--work", type=Path, default=None, help="folder for tracks and outputs (default: a temp dir)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="stemsplit-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "tiny.safetensors"
+    if not model.exists():
+        write_model(model)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    print(f"{'minutes':>8} {'peak RSS MB':>12} {'wall s':>8}")
+    for minutes in (float(m) for m in args.minutes.split(",")):
+        track = work / f"track_{minutes:g}min.wav"
+        if not track.exists():
+            write_track(track, minutes)
+        cmd = [sys.executable, "-m", "stemsplit", str(track), "--model-path", str(model), "-o", str(work / "out"),
+               "--overwrite", "-q", "-d", "cpu"]
+        wall, peak = run(cmd, env)
+        print(f"{minutes:>8g} {peak:>12.0f} {wall:>8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
