@@ -514,26 +514,34 @@ def spool_audio(
     system's temporary folder) instead of memory.
 
     Memory stays bounded by one decoding block whatever the track's length. Raises AudioError
-    like `load_audio`; a temporary file that cannot be written is an AudioError naming it.
+    like `load_audio`, and an AudioError naming the folder when the temporary files cannot be
+    written there.
     """
     decoding = _Decoding(Path(path), samplerate, channels)
+    where = Path(folder or tempfile.gettempdir())
     files: list[SignalFile] = []
-    try:
+
+    def new_file() -> SignalFile:
         try:
-            if folder is not None:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            signal = SignalFile(decoding.channels, folder)
-            files.append(signal)
-            native = None
-            if keep_native and decoding.samplerate != decoding.native_samplerate:
-                native = SignalFile(decoding.channels, folder)
-                files.append(native)
-            for raw, converted in decoding:
-                signal.append(converted)
-                if native is not None:
-                    native.append(raw)
+            where.mkdir(parents=True, exist_ok=True)
+            files.append(SignalFile(decoding.channels, where))
         except OSError as exc:
-            raise write_error(Path(folder or tempfile.gettempdir()), exc) from None
+            raise write_error(where, exc) from None
+        return files[-1]
+
+    def store(signal: SignalFile, block: torch.Tensor) -> None:
+        try:
+            signal.append(block)
+        except OSError as exc:
+            raise write_error(where, exc) from None
+
+    try:
+        signal = new_file()
+        native = new_file() if keep_native and decoding.samplerate != decoding.native_samplerate else None
+        for raw, converted in decoding:
+            store(signal, converted)
+            if native is not None:
+                store(native, raw)
     except BaseException:
         for item in files:
             item.close()

@@ -1,12 +1,12 @@
 """From one input file to stem files on disk, with bounded memory.
 
-Owns the per-track pipeline the command line runs: decode into a temporary file (next to the
-outputs, deleted whatever happens), separate it as a stream, turn mono back
-into mono, build `no_STEM` for two-stem output, resample back to the input's rate block by block,
-prevent clipping, and encode every stem atomically (all stems of a track appear together, or none
+Owns the per-track pipeline the command line runs: decode into temporary files (next to the
+outputs, deleted whatever happens), separate them as a stream, turn mono back into mono, build
+`no_STEM` for two-stem output, resample back to the input's rate block by block, prevent
+clipping, and encode every stem atomically (all stems of a track appear together, or none
 does). Neither the input nor the stems are ever held in memory in full, so memory does not grow
-with the track's length. With `clip="rescale"` the loudest sample is only known at the end, so stems are first
-spooled as raw float32 next to their targets and encoded in a second pass.
+with the track's length. With `clip="rescale"` the loudest sample is only known at the end, so
+stems are first spooled as raw float32 next to their targets and encoded in a second pass.
 
 It must not print, parse options or choose file names (cli.py does), nor know how segments are
 computed (separate.py does).

@@ -339,9 +339,10 @@ class Separator:
         """Separate `(channels, time)` at the model's rate, yielding `(start, (S, C, n))` blocks.
 
         `mix` is a tensor or a `LongSignal` (read one window at a time, so a track on disk is
-        never loaded whole); both give identical results. Blocks are consecutive and cover the
-        whole track; each is final when yielded. `sources` restricts (and orders) the stems
-        computed; bag members that do not contribute to any of them are skipped.
+        never loaded whole); both give the same stems, up to float32 rounding of the input
+        statistics. Blocks are consecutive and cover the whole track; each is final when yielded.
+        `sources` restricts (and orders) the stems computed; bag members that do not contribute
+        to any of them are skipped.
         """
         if len(mix.shape) != 2 or mix.shape[0] != self.audio_channels:
             raise ModelError(
