@@ -207,11 +207,14 @@ def save_checkpoint(
     *,
     training: Optional[Dict[str, Any]] = None,
     extra: Optional[Dict[str, Any]] = None,
+    dtype: Optional["torch.dtype"] = None,
 ) -> None:
     """Write `model` as a native checkpoint (safetensors + JSON metadata), atomically.
 
     `training` is a JSON-able summary (epochs, losses, data, ...); `extra` is free JSON-able
-    metadata (e.g. a model card). Fractions and tuples survive the round trip.
+    metadata (e.g. a model card). Fractions and tuples survive the round trip. `dtype` (e.g.
+    torch.float16) stores the floating-point tensors in that type to halve a shipped file;
+    loading always casts them back to float32.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -235,6 +238,8 @@ def save_checkpoint(
         raise CheckpointError(f"cannot save {path}: {exc}") from exc
     # Cloning makes every tensor own its memory: safetensors refuses shared storages.
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
     def write(temp: Path) -> None:
         try:
             save_file(tensors, str(temp), metadata=metadata)

@@ -53,6 +53,23 @@ def test_half_precision_tensors_load_as_float32(tmp_path):
         assert torch.equal(value, half[key].to(value.dtype)), key
 
 
+def test_save_as_float16_halves_the_file_and_loads_as_float32(tmp_path):
+    model = _tiny()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    save_checkpoint(model, full)
+    save_checkpoint(model, half, dtype=torch.float16)
+    assert half.stat().st_size < full.stat().st_size
+    from safetensors import safe_open
+
+    with safe_open(str(half), framework="pt") as stored:
+        assert all(stored.get_tensor(key).dtype == torch.float16 for key in stored.keys()
+                   if model.state_dict()[key].is_floating_point())
+    loaded = load_checkpoint(half)
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype
+        assert torch.equal(loaded.state_dict()[key], value.half().to(value.dtype)), key
+
+
 def test_a_tensor_cut_short_is_a_checkpoint_error(tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(_tiny(), path)
