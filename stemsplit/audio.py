@@ -602,13 +602,25 @@ def write_error(path: Path, exc: BaseException) -> AudioError:
 
 
 def temp_path_for(path: Path) -> Path:
-    """Create (and return) an empty hidden temporary file next to `path` for an atomic write."""
+    """Create (and return) an empty hidden temporary file next to `path` for an atomic write.
+
+    mkstemp makes private (0600) files; the file gets the user's usual umask permissions so the
+    stem it becomes after the rename is readable like any other file the user writes.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
-    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    except OSError as exc:
+        os.unlink(name)
+        raise write_error(path, exc) from None
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -230,6 +230,19 @@ def test_interrupt_while_writing_removes_the_temporary_file(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_outputs_get_the_usual_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "stem.wav"
+        audio.write_audio(target, torch.zeros(2, 100), 44100)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 def test_streamed_writer_equals_one_shot_write(tmp_path):
     wav = torch.from_numpy(tone(1.0, 22050, 2).T.copy())
     with AudioWriter(tmp_path / "a.wav", 22050, 2, bit_depth=32) as writer:
