@@ -82,3 +82,12 @@ def test_cli_synth_writes_a_musdb_folder(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "stemsplit", "synth", str(out), "--style", "polka"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "polka" in bad.stderr
+
+
+def test_write_dataset_refuses_bad_options_before_creating_anything(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="polka"):
+        write_dataset(out, 1, 1.0, seed=0, styles=["polka"])
+    with pytest.raises(ValueError, match="nope"):
+        write_dataset(out, 1, 1.0, seed=0, exclude=["nope"])
+    assert not out.exists()

@@ -21,7 +21,8 @@ COMPONENTS = {"drum kit": kit.KIT_KINDS, "bass voice": bass.VOICES, "instrument"
               "voice type": tuple(singer.VOICE_TYPES), "vocal model": singer.MODELS}
 
 
-def _check(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
+def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
+    """ValueError naming the first option `render_song` cannot honour (so callers fail before any work)."""
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if samplerate < 8000:
@@ -74,7 +75,7 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
       excerpt: start inside a random section (as a training excerpt), rendering half a second of
         preroll so that tails of earlier notes and reverbs are present at the first sample.
     """
-    _check(seconds, samplerate, channels, styles, vocal_modes, exclude)
+    check_options(seconds, samplerate, channels, styles, vocal_modes, exclude)
     held_out = frozenset(exclude)
     sr = int(samplerate)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from stemsplit.errors import AudioError
-from stemsplit.synth.song import SOURCES, render_song, song_seed
+from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed
 
 SUBTYPES = {"float": "FLOAT", "16": "PCM_16", "24": "PCM_24"}
 
@@ -49,6 +49,8 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
         raise ValueError(f"songs must be >= 0, got {songs}")
     if bit_depth not in SUBTYPES:
         raise ValueError(f"bit_depth must be one of {', '.join(SUBTYPES)}, got {bit_depth!r}")
+    check_options(seconds, samplerate, channels, options.get("styles"), options.get("vocal_modes"),
+                  options.get("exclude", ()))
     root = Path(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
