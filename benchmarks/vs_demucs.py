@@ -19,7 +19,7 @@ fast CPU mode with the SNR of its stems against the float32 stems.
 Usage (CPU, the full comparison takes a while on 2 cores):
     python benchmarks/vs_demucs.py --durations 30,180,600 --runs 3 --fast --write-results
     python benchmarks/vs_demucs.py --durations 30 --runs 1 --long 0      # smoke run
-    python benchmarks/vs_demucs.py --device cuda --write-results         # GPU: adds --batch-size/--half
+    python benchmarks/vs_demucs.py --device cuda --write-results         # GPU: adds --batch-size/--precision fp16
 """
 from __future__ import annotations
 
@@ -279,8 +279,8 @@ def main() -> None:
             print("note: this stemsplit has no --precision option; --fast skipped")
     if dev == "cuda":
         contenders.append(Contender(f"stemsplit batch {args.batch_size}", ours + ["--batch-size", str(args.batch_size)], ""))
-        contenders.append(Contender(f"stemsplit batch {args.batch_size} half",
-                                    ours + ["--batch-size", str(args.batch_size), "--half"], ""))
+        contenders.append(Contender(f"stemsplit batch {args.batch_size} fp16",
+                                    ours + ["--batch-size", str(args.batch_size), "--precision", "fp16"], ""))
 
     agreement: dict[float, float] = {}
     variant_snr: dict[str, dict[float, float]] = {c.label: {} for c in contenders[2:]}
@@ -322,7 +322,7 @@ def main() -> None:
                          f"{wall / seconds / floor:.2f}", f"{cpu:.1f}", gib(rss), f"{wall / ref_wall:.2f}",
                          f"{cpu / ref_cpu:.2f}", f"{rss / ref_rss:.2f}"])
     main_table = table(header, rows)
-    notes = [f"stems agree: max |diff| stemsplit vs demucs "
+    notes = ["stems agree: max |diff| stemsplit vs demucs "
              + ", ".join(f"{s:.0f} s: {d:.1e}" for s, d in agreement.items()) + " (limit 1e-3 + 1 LSB)",
              f"floor: {gflop:.1f} GFLOP per audio second / {rate:.1f} GFLOP/s measured fp32 matmul "
              f"({args.threads} threads) = {floor:.3f} s per audio second ('x of floor' = 1 would be perfect)"]

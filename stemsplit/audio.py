@@ -6,7 +6,7 @@ other containers (m4a, aac, webm, video files), through an `ffmpeg` found on PAT
 blocks and resampled block by block, either into one tensor (`load_audio`) or, for tracks of any
 length, into an anonymous temporary file read back by slices (`spool_audio`, `SignalFile`). Outputs
 are written through `AudioWriter`, which streams blocks into a temporary file in the target folder
-and renames it into place only when everything succeeded.
+and renames it into place only when everything succeeded (the mechanics are `atomic`'s).
 
 It must not know about models or separation, and it never prints.
 """
@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from stemsplit import atomic
 from stemsplit.errors import AudioError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -602,26 +603,11 @@ def write_error(path: Path, exc: BaseException) -> AudioError:
 
 
 def temp_path_for(path: Path) -> Path:
-    """Create (and return) an empty hidden temporary file next to `path` for an atomic write.
-
-    mkstemp makes private (0600) files; the file gets the user's usual umask permissions so the
-    stem it becomes after the rename is readable like any other file the user writes.
-    """
+    """`atomic.temp_path_for` for an audio output: a failure is an AudioError naming `path`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        return atomic.temp_path_for(path)
     except OSError as exc:
         raise write_error(path, exc) from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    except OSError as exc:
-        os.unlink(name)
-        raise write_error(path, exc) from None
-    finally:
-        os.close(fd)
-    return Path(name)
 
 
 class AudioWriter:
@@ -655,7 +641,7 @@ class AudioWriter:
                 str(self.temp), "w", samplerate, channels, subtype=subtype, format=fmt.upper(), **extra
             )
         except BaseException as exc:
-            self.temp.unlink(missing_ok=True)
+            atomic.discard(self.temp)
             if isinstance(exc, (OSError, sf.SoundFileError, RuntimeError)):
                 raise write_error(self.path, exc) from None
             raise
@@ -690,7 +676,7 @@ class AudioWriter:
         """Close and atomically rename the temporary file to the final path."""
         self.close()
         try:
-            os.replace(self.temp, self.path)
+            atomic.commit(self.temp, self.path)
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from None
@@ -703,7 +689,7 @@ class AudioWriter:
                 handle.close()
             except Exception:  # the file is being discarded: its close error is irrelevant
                 pass
-        self.temp.unlink(missing_ok=True)
+        atomic.discard(self.temp)
 
     def __enter__(self) -> "AudioWriter":
         return self

@@ -23,6 +23,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from stemsplit.atomic import commit
 from stemsplit.errors import CheckpointError, DownloadError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -356,7 +357,7 @@ def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = No
     except DownloadError as exc:
         partial.unlink()
         raise DownloadError(f"{exc}; the corrupted download was deleted, run again to retry") from None
-    os.replace(partial, target)
+    commit(partial, target)
     return target
 
 

@@ -21,7 +21,6 @@ import inspect
 import json
 import os
 import pickle
-import secrets
 import types
 import zipfile
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from stemsplit.atomic import atomic_path
 from stemsplit.errors import CheckpointError, ModelError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -184,21 +184,12 @@ def _model_summary(model: nn.Module) -> Dict[str, Any]:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the target folder, then rename over the target."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """Let `write` fill a temporary file that replaces `path` only once it is complete."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temp)
-        # Some writers create private (0600) files; a checkpoint gets the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            write(temp)
     except OSError as exc:
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def save_checkpoint(

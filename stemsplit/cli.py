@@ -70,6 +70,7 @@ class _BitDepth(str, enum.Enum):
 class _Precision(str, enum.Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class _Clip(str, enum.Enum):
@@ -79,103 +80,16 @@ class _Clip(str, enum.Enum):
 
 
 _MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-_TEMPLATE = "{model}/{track}/{stem}.{ext}"
-_TEMPLATE_FIELDS = ("model", "track", "stem", "ext")
-_GLOB_CHARS = set("*?[")
+_TEMPLATE = "{model}/{track}/{stem}.{ext}"  # stemsplit.batch.TEMPLATE, spelled out so --help needs no torch
 
 
 def _separate_fail(message: str, code: int) -> "typer.Exit":
     """One red line on stderr, and the exit code to leave with."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
-
-
-def _check_template(template: str) -> None:
-    """Refuse templates with unknown fields, without {stem}, or that leave the output folder."""
-    import string
-    from pathlib import PurePath
-
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise _separate_fail(f"--filename {template!r}: {exc}", 2) from None
-    unknown = fields - set(_TEMPLATE_FIELDS)
-    if unknown:
-        raise _separate_fail(f"--filename {template!r}: unknown field(s) {', '.join(sorted(unknown))} "
-                             f"(use {', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)})", 2)
-    if "stem" not in fields:
-        raise _separate_fail(f"--filename {template!r} must contain {{stem}}, or all stems would share one file", 2)
-    sample = PurePath(template.format(model="m", track="t", stem="s", ext="wav"))
-    if sample.is_absolute() or ".." in sample.parts or sample.drive or template.strip() in ("", "."):
-        raise _separate_fail(f"--filename {template!r} would write outside the output folder", 2)
-
-
-def _render_target(out: Path, template: str, **fields: str) -> Path:
-    """The final path of one stem; StemsplitError when a name would escape `out`."""
-    from pathlib import Path
-
-    from stemsplit.errors import AudioError
-
-    relative = Path(template.format(**fields))
-    if relative.is_absolute() or ".." in relative.parts:
-        raise AudioError(f"output name {relative} would leave the output folder {out}")
-    return out / relative
-
-
-def _expand_inputs(inputs: List[str], out: Path) -> List[tuple]:
-    """(label, path or None, error or None) per input file; folders and globs expanded."""
-    import glob
-    from pathlib import Path
-
-    from stemsplit.audio import AUDIO_EXTENSIONS
-
-    found: List[tuple] = []
-    seen: set = set()
-    out_resolved = out.resolve()
-
-    def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            found.append((str(path), path, None))
-
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                and out_resolved not in p.resolve().parents and not p.name.startswith(".")
-            )
-            if not files:
-                found.append((text, None, f"{text}: folder contains no audio files"))
-            for file in files:
-                add(file)
-        elif path.exists():
-            add(path)
-        elif _GLOB_CHARS & set(text):
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
-            if not matches:
-                found.append((text, None, f"{text}: no files match this pattern"))
-            for match in matches:
-                add(match)
-        else:
-            found.append((text, None, f"{text}: no such file or folder"))
-    return found
-
-
-def _model_label(model: Optional[str], model_path: Optional[Path]) -> str:
-    from pathlib import Path
-
-    from stemsplit.catalog import DEFAULT_MODEL
-
-    if model_path is not None:
-        return model_path.stem
-    if model is None:
-        return DEFAULT_MODEL
-    return Path(model).stem if Path(model).suffix else model
 
 
 def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
@@ -195,6 +109,75 @@ def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Pat
             bar.update(tasks[file], completed=done, total=total)
 
         return load_model(name, repo=repo, progress=report)
+
+
+class _BatchDisplay:
+    """Renders batch events: live bars on a terminal (`fancy`), one line per track on a pipe
+    (`plain`), and every failure as a red line on stderr whatever the mode (even --json, -q)."""
+
+    def __init__(self, console: Any, tracks: int, *, fancy: bool, plain: bool, verbose: bool) -> None:
+        from rich.console import Console
+
+        self.console, self.errors = console, Console(stderr=True)
+        self.plain, self.verbose = plain, verbose
+        self.lines = fancy or plain
+        self.bar: Any = None
+        self.all: Any = None  # the "all tracks" bar's task
+        self.task: Any = None  # the bar of the track being separated
+        if fancy:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                       TimeRemainingColumn)
+            from rich.text import Text
+
+            class _Speed(ProgressColumn):
+                """Seconds of audio separated per second of wall time."""
+
+                def render(self, task):  # type: ignore[no-untyped-def]
+                    audio = task.fields.get("audio", 0.0)
+                    if not task.elapsed or not audio:
+                        return Text("")
+                    return Text(f"{audio / task.elapsed:.1f}x")
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
+                                TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.all = self.bar.add_task("all tracks", total=tracks)
+
+    def __call__(self, event: Any) -> None:
+        from rich.markup import escape
+
+        record = event.record
+        if event.kind == "start":
+            if self.bar is not None:
+                self.task = self.bar.add_task(Path(record.input).name, total=None, audio=0.0)
+            return
+        if event.kind == "progress":
+            if self.task is not None:
+                audio = (record.duration or 0.0) * event.done / event.total if event.total else 0.0
+                self.bar.update(self.task, completed=event.done, total=event.total, audio=audio)
+            return
+        if event.kind == "failed":
+            self.errors.print(f"[red]error:[/red] {escape(event.message)}", highlight=False, soft_wrap=True)
+        elif record.status == "skipped":
+            if self.plain:
+                self.console.print(f"skipped {record.input} (outputs exist; --overwrite to redo)", highlight=False,
+                                   soft_wrap=True, markup=False)
+        else:
+            if self.lines:
+                folder = next(iter(record.outputs.values())).parent
+                self.console.print(f"ok {record.input} -> {folder} ({record.duration:.1f} s of audio in "
+                                   f"{record.seconds:.1f} s)", highlight=False, soft_wrap=True, markup=False)
+            if self.verbose and event.scale != 1.0:
+                self.console.print(f"  rescaled by {event.scale:.3f} to avoid clipping", highlight=False)
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            self.bar.advance(self.all)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command("separate")
@@ -233,11 +216,10 @@ def separate(
                                "slightly better; deterministic, see --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random shifts."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
-    half: bool = typer.Option(False, "--half", help="float16 autocast on CUDA (faster, small numeric "
-                              "differences)."),
     precision: _Precision = typer.Option(_Precision.fp32, "--precision",
-                                         help="fp32, or bf16: about 2x faster on CPUs with bf16 instructions "
-                                              "(AVX512-BF16/AMX) and on CUDA; stems differ from fp32 by ~40-50 dB SNR."),
+                                         help="Network precision: fp32; bf16, about 2x faster on CPUs with "
+                                              "AVX512-BF16/AMX and on CUDA; or fp16 (CUDA only). bf16/fp16 stems "
+                                              "differ from fp32 by ~40-50 dB SNR."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
                                    "(default: skip them)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
@@ -247,7 +229,6 @@ def separate(
     """Separate songs into stems: `stemsplit separate song.mp3` (or just `stemsplit song.mp3`)."""
     import json
     import sys
-    import time
 
     if model is not None and model_path is not None:
         raise _separate_fail("use either -n/--model or --model-path, not both", 2)
@@ -265,46 +246,39 @@ def separate(
                              f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
     if fmt == "flac" and bit_depth == "32":
         raise _separate_fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
-    _check_template(filename)
+
+    from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
+    from stemsplit.errors import ModelError, StemsplitError, TemplateError
+
+    try:
+        check_template(filename)
+    except TemplateError as exc:
+        raise _separate_fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
     wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
     if stems is not None and not wanted:
         raise _separate_fail("--stems needs at least one stem name", 2)
 
     from rich.console import Console
 
-    from stemsplit.errors import StemsplitError
+    from stemsplit.catalog import load_model
+    from stemsplit.export import OutputOptions, output_stems
+    from stemsplit.separate import Separator
 
     console = Console()
-    errors = Console(stderr=True)
-    fancy = console.is_terminal and not as_json and not quiet
-    plain = not console.is_terminal and not as_json and not quiet
-    entries = _expand_inputs(inputs, out)
-    records: List[dict] = []
-    failed = 0
-
-    def fail_line(message: str) -> None:
-        errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
-
+    tracks = expand_inputs(inputs, out)
+    label = model_label(model_path if model_path is not None else model)
     try:
-        from stemsplit.catalog import load_model
-
-        label = _model_label(model, model_path)
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
                                   show=not (as_json or quiet))
     except StemsplitError as exc:
         raise _separate_fail(str(exc), 1) from None
-
-    from stemsplit.errors import AudioError, ModelError
-    from stemsplit.export import OutputOptions, output_stems, separate_file
-    from stemsplit.separate import Separator
-
     try:
-        names = output_stems(list(net.sources), wanted, two_stems)
+        output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
     except ModelError as exc:
         raise _separate_fail(str(exc), 2) from None
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
-                              batch_size=batch_size, half=half, precision=precision.value)
+                              batch_size=batch_size, precision=precision.value)
     except StemsplitError as exc:
         raise _separate_fail(str(exc), 1) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
@@ -315,89 +289,21 @@ def separate(
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
                       f"batch size {batch_size}, precision {precision.value}", highlight=False)
 
-    progress = None
-    if fancy:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeRemainingColumn)
-        from rich.text import Text
-
-        class _Speed(ProgressColumn):
-            """Seconds of audio separated per second of wall time."""
-
-            def render(self, task):  # type: ignore[no-untyped-def]
-                audio = task.fields.get("audio", 0.0)
-                if not task.elapsed or not audio:
-                    return Text("")
-                return Text(f"{audio / task.elapsed:.1f}x")
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
-                            TimeRemainingColumn(), console=console)
-        progress.start()
-    planned: dict = {}
+    display = _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
+                            plain=not console.is_terminal and not as_json and not quiet,
+                            verbose=verbose and not as_json)
     try:
-        batch = progress.add_task("all tracks", total=len(entries)) if progress is not None else None
-        for text, path, problem in entries:
-            record: dict = {"input": text, "status": "failed", "outputs": {}, "duration": None, "seconds": 0.0}
-            records.append(record)
-            started = time.perf_counter()
-            task = None
-            try:
-                if problem is not None:
-                    raise AudioError(problem)
-                targets = {stem: _render_target(out, filename, model=label, track=path.stem, stem=stem, ext=fmt)
-                           for stem in names}
-                record["outputs"] = {stem: str(p) for stem, p in targets.items()}
-                clash = [planned[p] for p in targets.values() if p in planned]
-                if clash:
-                    raise AudioError(f"{text}: output files collide with those of {clash[0]} "
-                                     "(use --filename to tell them apart)")
-                planned.update({p: text for p in targets.values()})
-                if not overwrite and all(p.exists() for p in targets.values()):
-                    record["status"] = "skipped"
-                    if plain:
-                        console.print(f"skipped {text} (outputs exist; --overwrite to redo)", highlight=False,
-                                      soft_wrap=True)
-                    continue
-                if progress is not None:
-                    task = progress.add_task(path.name, total=None, audio=0.0)
-
-                    def report(done: int, total: int, task=task) -> None:
-                        duration = record["duration"] or 0.0
-                        progress.update(task, completed=done, total=total,
-                                        audio=duration * done / total if total else 0.0)
-
-                    separator.progress = report
-                result = separate_file(path, separator, targets, options, two_stems=two_stems,
-                                       on_start=lambda seconds: record.update(duration=seconds))
-                record.update(status="ok", duration=result.duration)
-                record["seconds"] = round(time.perf_counter() - started, 3)
-                if plain or fancy:
-                    console.print(f"ok {text} -> {targets[names[0]].parent} ({result.duration:.1f} s of audio "
-                                  f"in {record['seconds']:.1f} s)", highlight=False, soft_wrap=True)
-                if verbose and not as_json and result.scale != 1.0:
-                    console.print(f"  rescaled by {result.scale:.3f} to avoid clipping", highlight=False)
-            except StemsplitError as exc:
-                failed += 1
-                record["error"] = str(exc)
-                record["seconds"] = round(time.perf_counter() - started, 3)
-                message = str(exc) if text in str(exc) or (path is not None and str(path) in str(exc)) \
-                    else f"{text}: {exc}"
-                fail_line(message)
-            finally:
-                separator.progress = None
-                if progress is not None:
-                    if task is not None:
-                        progress.remove_task(task)
-                    progress.advance(batch)
+        records = separate_batch(tracks, separator, out, model=label, template=filename, stems=wanted,
+                                 two_stems=two_stems, options=options, overwrite=overwrite, on_event=display)
     finally:
-        if progress is not None:
-            progress.stop()
+        display.close()
+    failed = sum(r.status == "failed" for r in records)
     if as_json:
         summary = {
             "model": label, "out": str(out),
-            "ok": sum(r["status"] == "ok" for r in records),
-            "skipped": sum(r["status"] == "skipped" for r in records),
-            "failed": failed, "tracks": records,
+            "ok": sum(r.status == "ok" for r in records),
+            "skipped": sum(r.status == "skipped" for r in records),
+            "failed": failed, "tracks": [r.as_dict() for r in records],
         }
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     if failed:

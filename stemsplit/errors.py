@@ -29,3 +29,16 @@ class DownloadError(StemsplitError):
 
 class DataError(StemsplitError):
     """A training or evaluation data set is missing files or is inconsistent."""
+
+
+class TemplateError(StemsplitError):
+    """An output name template is malformed, lacks `{stem}`, or would write outside its folder.
+
+    Carries the template and the reason apart, so that the CLI can name the option the template
+    came from (`--filename`) while library callers still get a self-contained message.
+    """
+
+    def __init__(self, template: str, reason: str) -> None:
+        super().__init__(f"output name template {template!r} {reason}")
+        self.template = template
+        self.reason = reason

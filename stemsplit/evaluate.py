@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from stemsplit.atomic import atomic_path
 from stemsplit.errors import DataError
 from stemsplit.train.data import Track, scan_folder
 
@@ -89,18 +90,9 @@ class Evaluation:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` as UTF-8 without newline translation (CSV brings its own line ends)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
 
 
 def find_tracks(root: Path, sources: Sequence[str], names: Optional[Sequence[str]] = None) -> list[Track]:

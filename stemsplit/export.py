@@ -8,8 +8,8 @@ does). Neither the input nor the stems are ever held in memory in full, so memor
 with the track's length. With `clip="rescale"` the loudest sample is only known at the end, so
 stems are first spooled as raw float32 next to their targets and encoded in a second pass.
 
-It must not print, parse options or choose file names (cli.py does), nor know how segments are
-computed (separate.py does).
+It must not print or parse options (cli.py does), choose file names (batch.py does), nor know how
+segments are computed (separate.py does).
 """
 from __future__ import annotations
 

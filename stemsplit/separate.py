@@ -25,7 +25,8 @@ from torch import nn
 from stemsplit.errors import AudioError, ModelError
 
 Progress = Callable[[int, int], None]
-PRECISIONS = ("fp32", "bf16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", *_AUTOCAST)
 
 
 class LongSignal(Protocol):
@@ -186,12 +187,12 @@ class Separator:
         shifts: number of random time shifts (up to 0.5 s) averaged; 0 disables the shift trick.
         seed: seeds the shifts, so the same call gives the same output every time.
         batch_size: segments per forward pass.
-        half: run the model under float16 autocast (CUDA only). Off by default because it is not
-            guaranteed to stay within 1e-3 of float32 for every model.
-        precision: `fp32` (default, matches the reference) or `bf16`: the model runs under
-            bfloat16 autocast (CPU or CUDA). On CPUs with bf16 instructions (AVX512-BF16, AMX)
-            this about halves the time; stems differ from fp32 by roughly 40-50 dB SNR, so it is
-            an explicit choice, never the default. On other CPUs it is correct but not faster.
+        precision: the dtype the model runs in. `fp32` (default) matches the reference. `bf16`
+            runs it under bfloat16 autocast (CPU or CUDA): on CPUs with bf16 instructions
+            (AVX512-BF16, AMX) this about halves the time, on other CPUs it is correct but not
+            faster. `fp16` runs it under float16 autocast, on CUDA only (CPUs have no fast float16
+            path). Both change the stems slightly (bf16: roughly 40-50 dB SNR from fp32), so they
+            are an explicit choice, never the default.
         progress: called as `progress(done_segments, total_segments)` after every forward pass.
     """
 
@@ -205,7 +206,6 @@ class Separator:
         shifts: int = 0,
         seed: int = 0,
         batch_size: int = 1,
-        half: bool = False,
         precision: str = "fp32",
         progress: Optional[Progress] = None,
     ) -> None:
@@ -218,14 +218,13 @@ class Separator:
         if segment is not None and segment <= 0:
             raise ModelError(f"segment must be positive, got {segment}")
         self.device = resolve_device(device)
-        if half and self.device.type != "cuda":
-            raise ModelError("half precision is only available on CUDA devices")
         if precision not in PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r} (use {' or '.join(PRECISIONS)})")
+            raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
         if precision == "bf16" and self.device.type not in ("cpu", "cuda"):
             raise ModelError(f"bf16 precision is only available on CPU and CUDA, not {self.device.type}")
-        if precision == "bf16" and half:
-            raise ModelError("choose either half (float16) or bf16 precision, not both")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ModelError(f"fp16 precision is only available on CUDA, not {self.device.type} "
+                             "(use bf16 for a faster CPU run)")
         self.model = model
         self.members = list(model.models) if _is_bag(model) else [model]
         for member in self.members:
@@ -241,8 +240,7 @@ class Separator:
         self.audio_channels: int = int(model.audio_channels)
         self.sources: list[str] = list(model.sources)
         self.segment, self.overlap, self.shifts, self.seed = segment, overlap, shifts, seed
-        self.batch_size, self.half, self.progress = batch_size, half, progress
-        self.precision = precision
+        self.batch_size, self.precision, self.progress = batch_size, precision, progress
 
     # ---- planning ---------------------------------------------------------------------------
 
@@ -320,9 +318,8 @@ class Separator:
                 inputs[i, :, lo - start : hi - start] = (mix[:, lo:hi] - mean) / std
         with torch.inference_mode():
             x = inputs.to(self.device)
-            if self.half or self.precision == "bf16":
-                dtype = torch.float16 if self.half else torch.bfloat16
-                with torch.autocast(device_type=self.device.type, dtype=dtype):
+            if self.precision in _AUTOCAST:
+                with torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision]):
                     out = lane.model(x)
             else:
                 out = lane.model(x)

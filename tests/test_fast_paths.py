@@ -1,7 +1,7 @@
 """The speed paths: kernel-1 convolutions as batched matrix products, per-head bf16 attention,
-and the Separator's / CLI's `bf16` precision. Each must compute the same thing as the plain path
-(the float32 ones to float32 rounding, bf16 to within what bfloat16 can hold). No timings here:
-speed is measured by benchmarks/vs_demucs.py.
+and the Separator's / CLI's reduced precisions (`bf16`; `fp16`, CUDA only). Each must compute the
+same thing as the plain path (the float32 ones to float32 rounding, bf16/fp16 to within what the
+half-width floats can hold). No timings here: speed is measured by benchmarks/vs_demucs.py.
 """
 from __future__ import annotations
 
@@ -70,9 +70,22 @@ def test_bf16_separator_stays_close_to_fp32_and_fp32_is_unchanged():
     assert snr_db(fp32, bf16) > 25
 
 
-def test_separator_refuses_unknown_precision():
-    with pytest.raises(ModelError, match="precision"):
+def test_separator_refuses_unknown_precision_and_fp16_off_cuda():
+    with pytest.raises(ModelError, match="unknown precision 'int4'"):
         Separator(tiny_htdemucs(), device="cpu", precision="int4")
+    with pytest.raises(ModelError, match="fp16 precision is only available on CUDA, not cpu"):
+        Separator(tiny_htdemucs(), device="cpu", precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast is CUDA only")
+def test_fp16_separator_on_cuda_stays_close_to_fp32():
+    model = tiny_htdemucs()
+    torch.manual_seed(1)
+    mix = 0.3 * torch.randn(2, 8000 * 2 + 11)
+    fp32 = Separator(model, device="cuda").separate_tensor(mix)
+    fp16 = Separator(model, device="cuda", precision="fp16").separate_tensor(mix)
+    assert fp16.dtype == torch.float32 and not torch.equal(fp16, fp32)
+    assert snr_db(fp32, fp16) > 25
 
 
 def test_cli_precision_flag_writes_stems(tmp_path, tiny_checkpoint):
@@ -85,3 +98,7 @@ def test_cli_precision_flag_writes_stems(tmp_path, tiny_checkpoint):
         assert rate == 44100 and audio.shape == (44100, 2)
     bad = run_cli("separate", "song.wav", "--model-path", str(tiny_checkpoint), "--precision", "fp8", cwd=tmp_path)
     assert bad.returncode == 2
+    if not torch.cuda.is_available():
+        cpu_fp16 = run_cli("separate", "song.wav", "--model-path", str(tiny_checkpoint), "--precision", "fp16",
+                           "-d", "cpu", cwd=tmp_path)
+        assert cpu_fp16.returncode == 1 and "fp16 precision is only available on CUDA" in cpu_fp16.stderr

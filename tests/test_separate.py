@@ -118,8 +118,8 @@ def test_devices_and_options_are_validated():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available"):
             resolve_device("cuda:0")
-        with pytest.raises(ModelError, match="half precision"):
-            Separator(GainModel(), device="cpu", half=True)
+        with pytest.raises(ModelError, match="fp16 precision is only available on CUDA"):
+            Separator(GainModel(), device="cpu", precision="fp16")
     with pytest.raises(ModelError, match="overlap"):
         Separator(GainModel(), device="cpu", overlap=1.0)
     with pytest.raises(ModelError, match="longer than"):

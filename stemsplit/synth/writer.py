@@ -6,12 +6,12 @@ import torch.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from stemsplit.atomic import atomic_path
 from stemsplit.errors import AudioError
 from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed
 
@@ -22,15 +22,11 @@ def _write_wav(path: Path, audio: np.ndarray, samplerate: int, subtype: str) -> 
     """Write (channels, time) audio to `path` through a temporary file and a rename."""
     import soundfile
 
-    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.wav.part"))
     try:
-        soundfile.write(tmp, audio.T, samplerate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            soundfile.write(str(tmp), audio.T, samplerate, subtype=subtype, format="WAV")
     except (OSError, RuntimeError, soundfile.SoundFileError) as exc:
         raise AudioError(f"{path}: cannot write ({exc})") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, samplerate: int = 44100,

@@ -1,0 +1,76 @@
+"""Atomic file output: the one place where a file is written under a temporary name and renamed.
+
+Every file stemsplit writes (stems, checkpoints, training states, score tables, synthetic songs,
+downloads) goes through here, so they all share one rule: bytes go to a hidden file in the
+target's folder (a rename is only atomic within one file system), the finished file gets the
+user's usual umask permissions, and it takes the final name in one rename. A failure at any point
+leaves the final name untouched (an older file stays as it was) and no temporary file behind.
+
+It must not know file formats, and it raises plain OSError: each caller turns that into its own
+StemsplitError with its own wording. It never prints.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def temp_path_for(path: PathLike) -> Path:
+    """Create (and return) an empty, hidden, uniquely named file next to `path`.
+
+    The target folder is created if needed. The file is private (0600) while it is being
+    written; `commit` gives it its final permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _umask_mode() -> int:
+    """The permissions a new file of the user gets: 0666 without the process umask.
+
+    The umask can only be read by setting it; the placeholder is 077 rather than 0 so that a
+    file another thread creates in that instant comes out too private, never world-writable.
+    """
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def commit(temp: PathLike, path: PathLike) -> None:
+    """Give the finished `temp` the user's umask permissions and rename it to `path`.
+
+    Permissions are set here rather than at creation because some writers (safetensors)
+    replace the file they are given with a fresh private one. On failure `temp` is left for
+    the caller to `discard` (a caller may keep it: a verified download can still be renamed).
+    """
+    os.chmod(temp, _umask_mode())
+    os.replace(temp, path)
+
+
+def discard(temp: PathLike) -> None:
+    """Delete a temporary file if it is still there."""
+    Path(temp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write `path` through; rename it into place on success.
+
+    On any exception in the block (KeyboardInterrupt included) or during the rename, the
+    temporary file is deleted and the exception propagates; `path` is never touched.
+    """
+    temp = temp_path_for(path)
+    try:
+        yield temp
+        commit(temp, path)
+    except BaseException:
+        discard(temp)
+        raise

@@ -1,0 +1,245 @@
+"""Many inputs -> stem files under one output folder, named by a template.
+
+Owns the batch around `export.separate_file`: checking the output name template, expanding
+files, folders and glob patterns into tracks, rendering each stem's path, refusing a track whose
+outputs would overwrite an earlier track's, skipping tracks whose outputs all exist (unless asked
+to overwrite), and one record per track (ok, skipped or failed, with its outputs, duration and time
+taken). A failing track never stops the batch: its error is recorded and the next track runs.
+Progress goes to a callback as `BatchEvent`s.
+
+It must not print, parse command-line options or choose exit codes (cli.py does), nor know how
+one track is decoded, separated or encoded (export.py does).
+"""
+from __future__ import annotations
+
+import glob
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Callable, Literal, Optional, Sequence, Union
+
+from stemsplit.audio import AUDIO_EXTENSIONS
+from stemsplit.catalog import DEFAULT_MODEL
+from stemsplit.errors import AudioError, StemsplitError, TemplateError
+from stemsplit.export import OutputOptions, output_stems, separate_file
+from stemsplit.separate import Separator
+
+TEMPLATE = "{model}/{track}/{stem}.{ext}"
+TEMPLATE_FIELDS = ("model", "track", "stem", "ext")
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Track:
+    """One input of a batch: an audio file to separate, or the reason the input named none.
+
+    `input` is what the user gave (or the file found in a folder or by a pattern); it names the
+    track in records and messages.
+    """
+
+    input: str
+    path: Optional[Path] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class TrackRecord:
+    """What happened to one track. `duration` is in seconds of audio, `seconds` of wall time."""
+
+    input: str
+    status: Literal["ok", "skipped", "failed"] = "failed"
+    outputs: dict[str, Path] = field(default_factory=dict)
+    duration: Optional[float] = None
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready: paths as strings, and `error` only for a track that has one."""
+        data: dict = {"input": self.input, "status": self.status,
+                      "outputs": {stem: str(path) for stem, path in self.outputs.items()},
+                      "duration": self.duration, "seconds": self.seconds}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One step of a batch, for a progress display.
+
+    kinds: `start` (a track begins separating), `progress` (`done` of `total` segments of it),
+    `done` (its record is final: ok or skipped; `scale` is the anti-clipping factor applied) and
+    `failed` (`message` is one line that names the input and the cause). Every track ends with
+    exactly one `done` or `failed`; `start` and `progress` come only for tracks that get as far as
+    separating.
+    """
+
+    kind: Literal["start", "progress", "done", "failed"]
+    record: TrackRecord
+    done: int = 0
+    total: int = 0
+    scale: float = 1.0
+    message: str = ""
+
+
+def model_label(model: Union[None, str, Path]) -> str:
+    """The `{model}` field: a checkpoint's file stem, a catalog name, or the default model's name.
+
+    A `Path` is always a checkpoint file; a string is a file when it has a suffix (`-n x.th`),
+    else a catalog name, so `{model}` never contains a folder or an extension.
+    """
+    if model is None:
+        return DEFAULT_MODEL
+    path = Path(model)
+    return path.stem if isinstance(model, Path) or path.suffix else str(model)
+
+
+def check_template(template: str) -> None:
+    """TemplateError for unknown fields, no `{stem}`, or a name that leaves the output folder.
+
+    Checked before any work so that a typo costs nothing; a track name that escapes the folder
+    (a file called `...wav`) is still caught per track when its paths are rendered.
+    """
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise TemplateError(template, f"is malformed: {exc}") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise TemplateError(template, f"has unknown field(s) {', '.join(sorted(unknown))} "
+                                      f"(use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
+    if "stem" not in fields:
+        raise TemplateError(template, "must contain {stem}, or all stems would share one file")
+    sample = PurePath(template.format(model="m", track="t", stem="s", ext="wav"))
+    if sample.is_absolute() or ".." in sample.parts or sample.drive or template.strip() in ("", "."):
+        raise TemplateError(template, "would write outside the output folder")
+
+
+def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> list[Track]:
+    """One Track per audio file: files as given, folders searched recursively, glob patterns.
+
+    Each file appears once however many inputs name it. Folder searches skip hidden files and
+    anything inside `out`, so that re-running on a folder does not separate its own stems. An
+    input that names no audio file becomes a Track with an `error`, so it is reported in order
+    with the others instead of stopping the batch.
+    """
+    found: list[Track] = []
+    seen: set[Path] = set()
+    out_resolved = Path(out).resolve()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(Track(str(path), path))
+
+    for item in inputs:
+        text, path = str(item), Path(item)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                and out_resolved not in p.resolve().parents and not p.name.startswith(".")
+            )
+            if not files:
+                found.append(Track(text, error=f"{text}: folder contains no audio files"))
+            for file in files:
+                add(file)
+        elif path.exists():
+            add(path)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            if not matches:
+                found.append(Track(text, error=f"{text}: no files match this pattern"))
+            for match in matches:
+                add(match)
+        else:
+            found.append(Track(text, error=f"{text}: no such file or folder"))
+    return found
+
+
+def _target(out: Path, template: str, **fields: str) -> Path:
+    """The final path of one stem; AudioError when a track's name makes it escape `out`."""
+    relative = Path(template.format(**fields))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise AudioError(f"output name {relative} would leave the output folder {out}")
+    return out / relative
+
+
+def _failure_line(track: Track, message: str) -> str:
+    """The error as one line that names the input (prefixing it unless the message already does)."""
+    if track.input in message or (track.path is not None and str(track.path) in message):
+        return message
+    return f"{track.input}: {message}"
+
+
+def separate_batch(
+    tracks: Sequence[Track],
+    separator: Separator,
+    out: Union[str, Path],
+    *,
+    model: str,
+    template: str = TEMPLATE,
+    stems: Optional[Sequence[str]] = None,
+    two_stems: Optional[str] = None,
+    options: Optional[OutputOptions] = None,
+    overwrite: bool = False,
+    on_event: Optional[Callable[[BatchEvent], None]] = None,
+) -> list[TrackRecord]:
+    """Separate every track into `out/<template>` and return one record per track, in order.
+
+    `model` fills the template's `{model}` field (see `model_label`); `stems` and `two_stems`
+    choose the files written as in `export.output_stems`. The template and stems are checked
+    first (TemplateError, ModelError) so that nothing runs when they are wrong. After that, a
+    StemsplitError fails only its own track. While a track separates, `separator.progress` is
+    borrowed to report `progress` events, and given back afterwards.
+    """
+    check_template(template)
+    names = output_stems(separator.sources, stems, two_stems)
+    options = options if options is not None else OutputOptions()
+    out = Path(out)
+    planned: dict[Path, str] = {}  # final path -> the input that will write it
+    records: list[TrackRecord] = []
+
+    def emit(event: BatchEvent) -> None:
+        if on_event is not None:
+            on_event(event)
+
+    for track in tracks:
+        record = TrackRecord(track.input)
+        records.append(record)
+        started = time.perf_counter()
+        try:
+            if track.path is None:
+                raise AudioError(track.error or f"{track.input}: no audio file")
+            targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt)
+                       for stem in names}
+            record.outputs = dict(targets)
+            clash = [planned[p] for p in targets.values() if p in planned]
+            if clash:
+                raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
+                                 "(tell them apart with {track} in the name template, or rename one)")
+            planned.update({p: track.input for p in targets.values()})
+            if not overwrite and all(p.exists() for p in targets.values()):
+                record.status = "skipped"
+                emit(BatchEvent("done", record))
+                continue
+            emit(BatchEvent("start", record))
+            previous = separator.progress
+            if on_event is not None:
+                separator.progress = lambda done, total: emit(BatchEvent("progress", record, done=done, total=total))
+            try:
+                result = separate_file(track.path, separator, targets, options, two_stems=two_stems,
+                                       on_start=lambda seconds: setattr(record, "duration", seconds))
+            finally:
+                separator.progress = previous
+        except StemsplitError as exc:
+            record.error = str(exc)
+            record.seconds = round(time.perf_counter() - started, 3)
+            emit(BatchEvent("failed", record, message=_failure_line(track, str(exc))))
+            continue
+        record.status, record.duration = "ok", result.duration
+        record.seconds = round(time.perf_counter() - started, 3)
+        emit(BatchEvent("done", record, scale=result.scale))
+    return records

@@ -1,0 +1,162 @@
+"""stemsplit.batch: templates, input expansion, and the per-track loop with its records and events."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import GainModel, gain_expected, tone
+
+from stemsplit.batch import (TEMPLATE, BatchEvent, Track, check_template, expand_inputs, model_label,
+                             separate_batch)
+from stemsplit.catalog import DEFAULT_MODEL
+from stemsplit.errors import ModelError, TemplateError
+from stemsplit.export import OutputOptions
+from stemsplit.separate import Separator
+
+RATE = 8000
+EXACT = OutputOptions(bit_depth=32, clip="none")  # float wav, no rescaling: stems are exactly what the model gave
+
+
+def _song(path, seconds=0.4, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, RATE, 2, seed=seed), RATE, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture
+def separator():
+    return Separator(GainModel(samplerate=RATE, segment=0.25), device="cpu")
+
+
+def test_cli_default_template_is_the_batch_default():
+    from stemsplit import cli
+
+    assert cli._TEMPLATE == TEMPLATE
+
+
+@pytest.mark.parametrize("template", [TEMPLATE, "{stem}.{ext}", "{track}-{stem}.{ext}", "a/{model}_{stem}.flac"])
+def test_good_templates_pass(template):
+    check_template(template)
+
+
+@pytest.mark.parametrize(
+    "template, reason",
+    [
+        ("{album}/{stem}.{ext}", "has unknown field(s) album"),
+        ("{model}/{track}.{ext}", "must contain {stem}"),
+        ("../{stem}.{ext}", "would write outside the output folder"),
+        ("/tmp/{stem}.{ext}", "would write outside the output folder"),
+        ("{track}/../../{stem}", "would write outside the output folder"),
+        ("{stem", "is malformed"),
+    ],
+)
+def test_bad_templates_raise_template_error(template, reason):
+    with pytest.raises(TemplateError) as caught:
+        check_template(template)
+    assert caught.value.template == template and caught.value.reason.startswith(reason)
+    assert repr(template) in str(caught.value)
+
+
+def test_model_label():
+    assert model_label(None) == DEFAULT_MODEL
+    assert model_label("htdemucs_ft") == "htdemucs_ft"
+    assert model_label("models/mine.th") == "mine"
+    assert model_label(Path("ckpt/no_suffix")) == "no_suffix"
+
+
+def test_expand_inputs_folders_globs_duplicates_and_misses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _song(tmp_path / "album" / "b.wav")
+    _song(tmp_path / "album" / "cd1" / "a.wav")
+    _song(tmp_path / "album" / ".hidden.wav")
+    (tmp_path / "album" / "notes.txt").write_text("not audio")
+    _song(tmp_path / "album" / "out" / "old" / "drums.wav")  # earlier stems inside the output folder
+    _song(tmp_path / "loose.wav")
+    (tmp_path / "empty").mkdir()
+    tracks = expand_inputs(["album", "album/b.wav", "*.wav", "nope*.flac", "empty", "missing.wav"], "album/out")
+    assert [(t.input, t.path is not None) for t in tracks] == [
+        ("album/b.wav", True), ("album/cd1/a.wav", True), ("loose.wav", True),
+        ("nope*.flac", False), ("empty", False), ("missing.wav", False),
+    ]
+    errors = [t.error for t in tracks if t.path is None]
+    assert errors == ["nope*.flac: no files match this pattern", "empty: folder contains no audio files",
+                      "missing.wav: no such file or folder"]
+
+
+def test_batch_writes_skips_and_overwrites(tmp_path, separator):
+    one = _song(tmp_path / "in" / "one.wav", seed=1)
+    two = _song(tmp_path / "in" / "two.wav", seconds=0.7, seed=2)
+    out = tmp_path / "out"
+    events: list[BatchEvent] = []
+    records = separate_batch(expand_inputs([str(tmp_path / "in")], out), separator, out, model="gain",
+                             options=EXACT, stems=["vocals", "drums"], on_event=events.append)
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert records[0].outputs == {"vocals": out / "gain" / "one" / "vocals.wav",
+                                  "drums": out / "gain" / "one" / "drums.wav"}
+    assert records[1].duration == pytest.approx(0.7) and records[1].seconds >= 0
+    # each stem is the gain times its own input: the right track went to the right file
+    for record, source in zip(records, (one, two)):
+        mix = torch.from_numpy(sf.read(source, dtype="float32")[0].T.copy())
+        vocals = sf.read(record.outputs["vocals"], dtype="float32")[0]
+        np.testing.assert_allclose(vocals.T, gain_expected(separator.model, mix)[3].numpy(), atol=1e-5)
+    assert sorted(p.name for p in (out / "gain" / "two").iterdir()) == ["drums.wav", "vocals.wav"]
+    # events: start, progress from 0 to all segments, done -- per track, in order
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds.count("start") == 2 and kinds.count("done") == 2
+    first = events[1 : kinds.index("done")]
+    assert {e.kind for e in first} == {"progress"} and first[0].done == 0 and first[-1].done == first[-1].total > 1
+    assert separator.progress is None  # the borrowed hook is given back
+
+    records[0].outputs["vocals"].write_bytes(b"stale")  # exists, so a rerun skips the track
+    events.clear()
+    again = separate_batch(expand_inputs([str(one)], out), separator, out, model="gain", options=EXACT,
+                           stems=["vocals", "drums"], on_event=events.append)
+    assert [r.status for r in again] == ["skipped"] and [e.kind for e in events] == ["done"]
+    assert again[0].as_dict() == {"input": str(one), "status": "skipped",
+                                  "outputs": {k: str(v) for k, v in records[0].outputs.items()},
+                                  "duration": None, "seconds": 0.0}
+    forced = separate_batch(expand_inputs([str(one)], out), separator, out, model="gain", options=EXACT,
+                            stems=["vocals", "drums"], overwrite=True)
+    assert forced[0].status == "ok"
+    assert sf.info(records[0].outputs["vocals"]).frames == int(0.4 * RATE)  # rewritten
+
+
+def test_failures_are_recorded_and_do_not_stop_the_batch(tmp_path, separator):
+    _song(tmp_path / "a" / "song.wav")
+    _song(tmp_path / "b" / "song.wav")  # same track name: its outputs would overwrite a/song.wav's
+    (tmp_path / "bad.wav").write_text("not audio at all\n" * 20)
+    _song(tmp_path / "last.wav")
+    (tmp_path / "...wav").write_bytes((tmp_path / "last.wav").read_bytes())  # track "..": leaves the folder
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / n) for n in ("a/song.wav", "b/song.wav", "bad.wav", "...wav", "gone.wav", "last.wav")]
+    events: list[BatchEvent] = []
+    records = separate_batch(expand_inputs(inputs, out), separator, out, model="m", template="{track}/{stem}.{ext}",
+                             two_stems="vocals", options=EXACT, on_event=events.append)
+    assert [r.status for r in records] == ["ok", "failed", "failed", "failed", "failed", "ok"]
+    assert sorted(p.name for p in (out / "last").iterdir()) == ["no_vocals.wav", "vocals.wav"]
+    failed = {e.record.input: e.message for e in events if e.kind == "failed"}
+    assert list(failed) == inputs[1:5]
+    assert "collide with those of " + inputs[0] in failed[inputs[1]]
+    assert "would leave the output folder" in failed[inputs[3]]
+    assert failed[inputs[4]] == f"{inputs[4]}: no such file or folder"
+    for record in records[1:5]:
+        assert record.error and record.as_dict()["error"] == record.error
+        assert record.input in failed[record.input]  # every failure line names its input
+    assert "error" not in records[0].as_dict()
+    # a track that fails while decoding ends with "failed" after its "start"
+    bad = [e.kind for e in events if e.record is records[2]]
+    assert bad == ["start", "failed"]
+    assert [p for p in out.rglob("*") if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_wrong_template_or_stems_refuse_before_any_track(tmp_path, separator):
+    tracks = [Track("x.wav", _song(tmp_path / "x.wav"))]
+    out = tmp_path / "out"
+    with pytest.raises(TemplateError):
+        separate_batch(tracks, separator, out, model="m", template="{track}.{ext}")
+    with pytest.raises(ModelError, match="unknown stem"):
+        separate_batch(tracks, separator, out, model="m", stems=["flute"])
+    assert not out.exists()
