@@ -4,7 +4,7 @@ A tiny random HDemucs keeps the model's own working memory negligible, so what g
 track is the engine's: decoded input, overlap-add state, outputs. The script writes stereo
 44.1 kHz 16-bit test tracks of the given lengths (block by block, so writing them needs no
 memory), runs the command line once per track as a whole process and prints each child's peak
-RSS (from `os.wait4`) and wall time. A flat column means memory does not grow with length.
+RSS and wall time (processes.py). A flat column means memory does not grow with length.
 
 Usage:
     python benchmarks/stream_memory.py --minutes 1,10,60
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from processes import Launcher
 
 SAMPLERATE = 44100
 
@@ -52,23 +52,12 @@ def write_model(path: Path) -> None:
     save_checkpoint(model, path)
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports kilobytes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default="1,10,60", help="comma-separated track lengths")
     parser.add_argument("--work", type=Path, default=None, help="folder for tracks and outputs (default: a temp dir)")
     args = parser.parse_args()
+    launcher = Launcher()  # first, while this process is still small
     work = args.work or Path(tempfile.mkdtemp(prefix="stemsplit-mem-"))
     work.mkdir(parents=True, exist_ok=True)
     model = work / "tiny.safetensors"
@@ -82,8 +71,9 @@ def main() -> None:
             write_track(track, minutes)
         cmd = [sys.executable, "-m", "stemsplit", str(track), "--model-path", str(model), "-o", str(work / "out"),
                "--overwrite", "-q", "-d", "cpu"]
-        wall, peak = run(cmd, env)
-        print(f"{minutes:>8g} {peak:>12.0f} {wall:>8.1f}", flush=True)
+        result = launcher.run(cmd, env)
+        print(f"{minutes:>8g} {result.rss / 2**20:>12.0f} {result.wall:>8.1f}", flush=True)
+    launcher.close()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ checkpoint for `stemsplit separate --model-path`), writes stereo 44.1 kHz test t
 noise bursts, never silence), then runs both command lines end to end at the same settings
 (7.8 s segments -- the model's own, which demucs uses when --segment is not given, since its flag
 only takes whole seconds --, overlap 0.25, no shifts, 16-bit wav, no clip handling, same threads),
-alternating which goes first. Each child's wall time and peak RSS come from `os.wait4`, so they are
-per process. The stems of the two tools must agree (max |diff| <= 1e-3 plus one 16-bit step),
+alternating which goes first. Each child's wall time and peak RSS are its own (processes.py). The stems of the two tools must agree (max |diff| <= 1e-3 plus one 16-bit step),
 otherwise the race would not be fair and the script fails.
 
 Also printed: the floor (model FLOPs per audio second over this machine's measured matmul rate,
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from processes import Launcher, Run
 
 HERE = Path(__file__).resolve().parent
 NAME = "benchhtd"  # model signature in the demucs repo folder (no '-': that would mean a checksum)
@@ -117,33 +118,11 @@ def write_track(path: Path, seconds: float, seed: int = 0) -> Path:
 # ---- running one process --------------------------------------------------------------------
 
 @dataclass
-class Run:
-    wall: float  # seconds
-    cpu: float  # user + system CPU seconds of the child (less sensitive to other load than wall)
-    rss: int  # bytes, peak resident set of the child
-
-
-@dataclass
 class Contender:
     label: str
     command: list[str]  # with {track} and {out} placeholders
     subdir: str  # where the stems land: {out}/subdir/<track name>/<stem>.wav
     runs: dict[float, list[Run]] = field(default_factory=dict)
-
-
-def run_child(command: list[str], env: dict) -> Run:
-    """Run a whole process; wall time and its own peak RSS (not the cumulative RUSAGE_CHILDREN)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()  # drained while it runs, so a chatty child never blocks
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}): {shlex.join(command)}\n"
-                 f"{err.decode(errors='replace')[-3000:]}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)  # ru_maxrss: KiB on Linux
 
 
 def expand(command: list[str], track: str, out: str) -> list[str]:
@@ -254,6 +233,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-results", action="store_true", help="Append the tables to benchmarks/RESULTS.md.")
     args = parser.parse_args()
+    launcher = Launcher()  # first, while this process is still small
 
     durations = [float(d) for d in args.durations.split(",") if d.strip()]
     work = args.work.resolve()
@@ -291,7 +271,7 @@ def main() -> None:
             for contender in order:
                 out = work / "out" / contender.label.replace(" ", "_")
                 shutil.rmtree(out, ignore_errors=True)
-                result = run_child(expand(contender.command, track=str(track), out=str(out)), env)
+                result = launcher.run(expand(contender.command, track=str(track), out=str(out)), env)
                 contender.runs.setdefault(seconds, []).append(result)
                 print(f"  {seconds:>6.0f} s  run {run + 1}  {contender.label:<24} {result.wall:8.1f} s wall "
                       f"{result.cpu:8.1f} s cpu  {gib(result.rss)}", flush=True)
@@ -336,7 +316,7 @@ def main() -> None:
         for contender in contenders[1:]:
             out = work / "out" / "long"
             shutil.rmtree(out, ignore_errors=True)
-            result = run_child(expand(contender.command, track=str(track), out=str(out)), env)
+            result = launcher.run(expand(contender.command, track=str(track), out=str(out)), env)
             shutil.rmtree(out, ignore_errors=True)
             alone_rows.append([f"{args.long:.0f} s", contender.label + " (bench model)", f"{result.wall:.1f}",
                                f"{result.wall / args.long:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
@@ -352,13 +332,14 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         default_command = [py, "-m", "stemsplit", "separate", "{track}", *common, "--bit-depth", "16", "-d", dev,
                            "-q", "-o", "{out}"]
-        result = run_child(expand(default_command, track=str(track), out=str(out)), env)
+        result = launcher.run(expand(default_command, track=str(track), out=str(out)), env)
         alone_rows.append([f"{seconds:.0f} s", f"stemsplit default model ({default.name})", f"{result.wall:.1f}",
                            f"{result.wall / seconds:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
     else:
         notes.append("embedded default model: weights/default.safetensors does not exist yet; skipped")
     alone_table = table(["track", "run", "wall s", "s per audio s", "cpu s", "peak RSS"], alone_rows) if alone_rows else ""
 
+    launcher.close()
     print()
     print(main_table)
     print()

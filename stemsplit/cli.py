@@ -262,8 +262,10 @@ def separate(
 
     from stemsplit.catalog import load_model
     from stemsplit.export import OutputOptions, output_stems
+    from stemsplit.runtime import keep_freed_memory
     from stemsplit.separate import Separator
 
+    keep_freed_memory()
     console = Console()
     tracks = expand_inputs(inputs, out)
     label = model_label(model_path if model_path is not None else model)
@@ -609,8 +611,10 @@ def train(
 
     import os
 
+    from stemsplit.runtime import keep_freed_memory
     from stemsplit.train.trainer import train as run_training
 
+    keep_freed_memory()
     try:
         best = run_training(cfg, progress=_TrainProgress())
     except ConfigError as exc:
@@ -677,7 +681,9 @@ def evaluate(
     from stemsplit.catalog import load_model
     from stemsplit.errors import StemsplitError
     from stemsplit.evaluate import evaluate as run_evaluation
+    from stemsplit.runtime import keep_freed_memory
 
+    keep_freed_memory()
     if model is not None and model_path is not None:
         raise _train_fail(ValueError("give --model or --model-path, not both"), 2)
     if threads:
