@@ -48,6 +48,9 @@ def _root(
     ),
 ) -> None:
     """Split songs into stems (drums, bass, other, vocals)."""
+    from stemsplit.runtime import keep_freed_memory
+
+    keep_freed_memory()  # the command line owns its process, so it may tune the allocator for every command
 
 
 # ---- separate (issue 2) -------------------------------------------------------------------------
@@ -83,12 +86,12 @@ _MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 _TEMPLATE = "{model}/{track}/{stem}.{ext}"  # stemsplit.batch.TEMPLATE, spelled out so --help needs no torch
 
 
-def _separate_fail(message: str, code: int) -> "typer.Exit":
-    """One red line on stderr, and the exit code to leave with."""
+def _fail(message: object, code: int) -> "typer.Exit":
+    """One red line on stderr (the message printed literally, never as markup), and the exit code to leave with."""
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -231,21 +234,21 @@ def separate(
     import sys
 
     if model is not None and model_path is not None:
-        raise _separate_fail("use either -n/--model or --model-path, not both", 2)
+        raise _fail("use either -n/--model or --model-path, not both", 2)
     if quiet and verbose:
-        raise _separate_fail("use either -q/--quiet or -v/--verbose, not both", 2)
+        raise _fail("use either -q/--quiet or -v/--verbose, not both", 2)
     if stems is not None and two_stems is not None:
-        raise _separate_fail("use either --stems or --two-stems, not both", 2)
+        raise _fail("use either --stems or --two-stems, not both", 2)
     fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
     if segment is not None and segment <= 0:
-        raise _separate_fail(f"--segment must be a positive number of seconds, got {segment}", 2)
+        raise _fail(f"--segment must be a positive number of seconds, got {segment}", 2)
     if not 0 <= overlap < 1:
-        raise _separate_fail(f"--overlap must be in [0, 1), got {overlap}", 2)
+        raise _fail(f"--overlap must be in [0, 1), got {overlap}", 2)
     if mp3_bitrate not in _MP3_BITRATES:
-        raise _separate_fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
+        raise _fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
                              f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
     if fmt == "flac" and bit_depth == "32":
-        raise _separate_fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
+        raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
     from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
     from stemsplit.errors import ModelError, StemsplitError, TemplateError
@@ -253,19 +256,17 @@ def separate(
     try:
         check_template(filename)
     except TemplateError as exc:
-        raise _separate_fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
+        raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
     wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
     if stems is not None and not wanted:
-        raise _separate_fail("--stems needs at least one stem name", 2)
+        raise _fail("--stems needs at least one stem name", 2)
 
     from rich.console import Console
 
     from stemsplit.catalog import load_model
     from stemsplit.export import OutputOptions, output_stems
-    from stemsplit.runtime import keep_freed_memory
     from stemsplit.separate import Separator
 
-    keep_freed_memory()
     console = Console()
     tracks = expand_inputs(inputs, out)
     label = model_label(model_path if model_path is not None else model)
@@ -273,16 +274,16 @@ def separate(
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
                                   show=not (as_json or quiet))
     except StemsplitError as exc:
-        raise _separate_fail(str(exc), 1) from None
+        raise _fail(str(exc), 1) from None
     try:
         output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
     except ModelError as exc:
-        raise _separate_fail(str(exc), 2) from None
+        raise _fail(str(exc), 2) from None
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
     except StemsplitError as exc:
-        raise _separate_fail(str(exc), 1) from None
+        raise _fail(str(exc), 1) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
                             keep_samplerate=keep_samplerate)
     if verbose and not as_json:
@@ -315,14 +316,6 @@ def separate(
 # ---- models (issue 3) ---------------------------------------------------------------------------
 
 _MODELS_ACTIONS = ("list", "info", "download", "path")
-
-
-def _models_fail(message: str, code: int = 1) -> "typer.Exit":
-    """One red line on stderr, and the exit code to leave with."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _size_text(size: Optional[int]) -> str:
@@ -452,11 +445,11 @@ def models(
     from stemsplit.errors import StemsplitError
 
     if action not in _MODELS_ACTIONS:
-        raise _models_fail(f"unknown action {action!r}; use one of {', '.join(_MODELS_ACTIONS)}", 2)
+        raise _fail(f"unknown action {action!r}; use one of {', '.join(_MODELS_ACTIONS)}", 2)
     if action in ("info", "download") and name is None:
-        raise _models_fail(f"`stemsplit models {action}` needs a model name (see `stemsplit models list`)", 2)
+        raise _fail(f"`stemsplit models {action}` needs a model name (see `stemsplit models list`)", 2)
     if action == "list" and name is not None:
-        raise _models_fail("`stemsplit models list` takes no model name", 2)
+        raise _fail("`stemsplit models list` takes no model name", 2)
     try:
         if action == "list":
             _models_list(as_json)
@@ -467,7 +460,7 @@ def models(
         else:
             _models_path(name, as_json)
     except StemsplitError as exc:
-        raise _models_fail(str(exc)) from None
+        raise _fail(exc, 1) from None
 
 # ---- synth (issue 4, hidden) ----------------------------------------------------------------------
 
@@ -527,14 +520,6 @@ def synth(
 
 
 # ---- train / evaluate (issue 5, hidden) --------------------------------------------------------
-
-
-def _train_fail(exc: Exception, code: int) -> "typer.Exit":
-    """One red line on stderr for an error the user caused, and the exit code to leave with."""
-    from rich.console import Console
-
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-    return typer.Exit(code)
 
 
 @app.command(hidden=True)
@@ -607,20 +592,18 @@ def train(
                                         **parse_assignments(source_weight, "--source-weight")}
         cfg = make_config(values, config or "flags")
     except ConfigError as exc:
-        raise _train_fail(exc, 2) from None
+        raise _fail(exc, 2) from None
 
     import os
 
-    from stemsplit.runtime import keep_freed_memory
     from stemsplit.train.trainer import train as run_training
 
-    keep_freed_memory()
     try:
         best = run_training(cfg, progress=_TrainProgress())
     except ConfigError as exc:
-        raise _train_fail(exc, 2) from None
+        raise _fail(exc, 2) from None
     except StemsplitError as exc:
-        raise _train_fail(exc, 1) from None
+        raise _fail(exc, 1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         from rich.console import Console
 
@@ -681,11 +664,9 @@ def evaluate(
     from stemsplit.catalog import load_model
     from stemsplit.errors import StemsplitError
     from stemsplit.evaluate import evaluate as run_evaluation
-    from stemsplit.runtime import keep_freed_memory
 
-    keep_freed_memory()
     if model is not None and model_path is not None:
-        raise _train_fail(ValueError("give --model or --model-path, not both"), 2)
+        raise _fail("give --model or --model-path, not both", 2)
     if threads:
         torch.set_num_threads(threads)
     console = Console()
@@ -717,7 +698,7 @@ def evaluate(
         if csv_out:
             result.write_csv(csv_out)
     except StemsplitError as exc:
-        raise _train_fail(exc, 1) from None
+        raise _fail(exc, 1) from None
     finally:
         status.stop()
     table = Table(title=f"aggregate over {len(result.tracks)} track(s) (dB)", title_justify="left")

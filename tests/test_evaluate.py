@@ -93,6 +93,6 @@ def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):
     assert list(data["tracks"]) == ["valid0"] and set(data["tracks"]["valid0"]) == set(SOURCES)
     assert len(list(csv.reader(out_csv.open()))) == 1 + 4 + 2 * 4
     missing = subprocess.run(
-        [sys.executable, "-m", "stemsplit", "evaluate", str(tmp_path / "nowhere"), "--model-path",
+        [sys.executable, "-m", "stemsplit", "evaluate", str(tmp_path / "no[red]where"), "--model-path",
          str(tmp_path / "tiny.safetensors")], capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and "nowhere" in missing.stderr
+    assert missing.returncode == 1 and "no[red]where" in missing.stderr  # a path, not rich markup
