@@ -18,26 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from processes import Launcher
-
-SAMPLERATE = 44100
-
-
-def write_track(path: Path, minutes: float) -> None:
-    """Stereo tones plus noise, written in 10 s blocks (never held in full)."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    frames = int(minutes * 60 * SAMPLERATE)
-    block = 10 * SAMPLERATE
-    with sf.SoundFile(str(path), "w", SAMPLERATE, 2, subtype="PCM_16") as handle:
-        for start in range(0, frames, block):
-            t = np.arange(start, min(frames, start + block)) / SAMPLERATE
-            left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)
-            right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.shape)
-            handle.write(np.stack([left, right], 1).astype(np.float32))
+from testaudio import SAMPLERATE, write_track
 
 
 def write_model(path: Path) -> None:
@@ -67,8 +49,7 @@ def main() -> None:
     print(f"{'minutes':>8} {'peak RSS MB':>12} {'wall s':>8}")
     for minutes in (float(m) for m in args.minutes.split(",")):
         track = work / f"track_{minutes:g}min.wav"
-        if not track.exists():
-            write_track(track, minutes)
+        write_track(track, minutes * 60)
         cmd = [sys.executable, "-m", "stemsplit", str(track), "--model-path", str(model), "-o", str(work / "out"),
                "--overwrite", "-q", "-d", "cpu"]
         result = launcher.run(cmd, env)

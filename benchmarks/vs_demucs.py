@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from processes import Launcher, Run
+from testaudio import SAMPLERATE, write_track
 
 HERE = Path(__file__).resolve().parent
 NAME = "benchhtd"  # model signature in the demucs repo folder (no '-': that would mean a checksum)
-SAMPLERATE = 44100
 SEGMENT = 7.8
 OVERLAP = 0.25
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -87,33 +87,6 @@ def build_models(work: Path, seed: int) -> tuple[Path, Path]:
 
 
 # ---- test audio -----------------------------------------------------------------------------
-
-def write_track(path: Path, seconds: float, seed: int = 0) -> Path:
-    """Stereo 16-bit wav: chords with vibrato, a bass line, noise bursts; block by block."""
-    if path.exists():
-        return path
-    import soundfile as sf
-
-    total = int(seconds * SAMPLERATE)
-    block = SAMPLERATE * 10
-    tmp = path.with_suffix(".part.wav")
-    with sf.SoundFile(str(tmp), "w", SAMPLERATE, 2, subtype="PCM_16") as out:
-        for start in range(0, total, block):
-            n = min(block, total - start)
-            t = (start + np.arange(n)) / SAMPLERATE
-            rng = np.random.default_rng([seed, start])
-            bar = np.floor(t / 2.0)
-            root = 110.0 * 2 ** ((bar * 5 % 12) / 12)
-            chord = sum(np.sin(2 * np.pi * root * r * t + 0.3 * np.sin(2 * np.pi * 5 * t)) for r in (2, 2.52, 3))
-            bass = np.sign(np.sin(2 * np.pi * root / 2 * t)) * 0.5
-            beat = np.exp(-30 * ((t * 2) % 1.0))
-            noise = rng.standard_normal((2, n)) * beat
-            left = 0.12 * chord + 0.15 * bass + 0.25 * noise[0]
-            right = 0.10 * chord + 0.15 * bass + 0.25 * noise[1]
-            out.write((0.5 * np.stack([left, right], 1)).astype(np.float32))
-    tmp.replace(path)
-    return path
-
 
 # ---- running one process --------------------------------------------------------------------
 
