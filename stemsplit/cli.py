@@ -246,7 +246,7 @@ def separate(
         raise _fail(f"--overlap must be in [0, 1), got {overlap}", 2)
     if mp3_bitrate not in _MP3_BITRATES:
         raise _fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
-                             f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
+                    f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
     if fmt == "flac" and bit_depth == "32":
         raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
