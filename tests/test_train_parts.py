@@ -1,6 +1,8 @@
 """The small training parts on their own: losses, learning-rate schedules, EMA, config parsing, state files."""
 from __future__ import annotations
 
+import contextlib
+import math
 from pathlib import PurePosixPath
 
 import pytest
@@ -124,3 +126,37 @@ def test_state_file_round_trip_refuses_pickled_objects(tmp_path):
         load_state(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="no training state"):
         load_state(tmp_path / "missing.pt")
+
+
+class _Echo(torch.nn.Module):
+    """A "model" that returns a fixed estimate, so validation's arithmetic can be checked by hand."""
+    sources = ["a", "b"]
+
+    def __init__(self, estimate: torch.Tensor):
+        super().__init__()
+        self.estimate = estimate
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        return self.estimate
+
+
+def test_validation_leaves_silent_sources_out_of_their_mean():
+    from stemsplit.metrics import usdr
+    from stemsplit.train.trainer import validate
+
+    torch.manual_seed(0)
+    loud = torch.randn(1, 2, 2, 1000)
+    quiet_b = loud.clone()
+    quiet_b[:, 1] = 0  # source b is silent in the second excerpt
+    est = loud + 0.1 * torch.randn_like(loud)
+    first, second = usdr(loud, est)[0], usdr(quiet_b, est)[0]
+    assert second[1] < -10  # what would drag the mean down: a leak scored against silence
+    excerpts = [(loud.sum(1), loud), (quiet_b.sum(1), quiet_b)]
+    scores = validate(_Echo(est), excerpts, torch.device("cpu"), contextlib.nullcontext)
+    assert scores["a"] == pytest.approx(float((first[0] + second[0]) / 2))
+    assert scores["b"] == pytest.approx(float(first[1]))
+    assert scores["mean"] == pytest.approx((scores["a"] + scores["b"]) / 2)
+    silent = torch.zeros_like(loud)
+    silent[:, 0] = loud[:, 0]
+    never = validate(_Echo(est), [(silent.sum(1), silent)], torch.device("cpu"), contextlib.nullcontext)
+    assert math.isnan(never["b"]) and never["mean"] == pytest.approx(never["a"])
