@@ -86,8 +86,6 @@ def build_models(work: Path, seed: int) -> tuple[Path, Path]:
     return repo, native
 
 
-# ---- test audio -----------------------------------------------------------------------------
-
 # ---- running one process --------------------------------------------------------------------
 
 @dataclass

@@ -274,16 +274,16 @@ def separate(
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
                                   show=not (as_json or quiet))
     except StemsplitError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _fail(exc, 1) from None
     try:
         output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
     except ModelError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(exc, 2) from None
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
     except StemsplitError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _fail(exc, 1) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
                             keep_samplerate=keep_samplerate)
     if verbose and not as_json:
