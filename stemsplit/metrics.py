@@ -5,7 +5,9 @@ tensors shaped (..., channels, time); every leading dimension (batch, source) is
 Must not: run models, read files or aggregate over tracks (evaluate.py does).
 
 Silence convention: uSDR adds MDX's delta (1e-7) to numerator and denominator, so a silent
-reference with a silent estimate scores 0 dB and nothing is ever NaN or infinite.
+reference with a silent estimate scores 0 dB and nothing is ever NaN or infinite. Where a mean
+over short excerpts should only count those with something to separate, `audible` says which
+references are above the silence floor (`SILENT_POWER`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,15 @@ import torch
 
 USDR_DELTA = 1e-7
 """The small constant the MDX challenge adds to both energies."""
+
+SILENT_POWER = 1e-8
+"""Mean square (about -80 dBFS) at or below which a reference counts as silent: a uSDR against it
+only measures how quiet the leak is, tens of dB below zero, not separation."""
+
+
+def audible(ref: torch.Tensor) -> torch.Tensor:
+    """True where a reference (..., channels, time) is louder than `SILENT_POWER` on average."""
+    return ref.double().square().mean(dim=(-2, -1)) > SILENT_POWER
 
 
 def usdr(ref: torch.Tensor, est: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stemsplit.metrics import USDR_DELTA, bss_eval, frame_median, si_sdr, usdr
+from stemsplit.metrics import SILENT_POWER, USDR_DELTA, audible, bss_eval, frame_median, si_sdr, usdr
 
 RATE = 8000
 
@@ -46,6 +46,16 @@ def _assert_matches(ours: dict[str, torch.Tensor], theirs: dict[str, np.ndarray]
         assert np.array_equal(np.isnan(got), np.isnan(want)), name
         ok = ~np.isnan(want)
         assert np.abs(got[ok] - want[ok]).max() < 0.05, name
+
+
+def test_audible_is_the_silence_floor_per_reference():
+    """-80 dBFS mean square per (excerpt, source): a whisper above it counts, a fainter one and
+    digital silence do not; the leading dimensions are kept."""
+    ref = torch.ones(2, 3, 2, 100)
+    ref[0, 0] *= math.sqrt(2 * SILENT_POWER)
+    ref[0, 1] *= math.sqrt(0.5 * SILENT_POWER)
+    ref[1, 2] = 0
+    assert audible(ref).tolist() == [[True, False, True], [True, True, False]]
 
 
 def test_usdr_hand_computed_cases():

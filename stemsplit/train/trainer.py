@@ -32,7 +32,6 @@ from stemsplit.train.state import load_state, save_state
 Progress = Callable[[dict[str, Any]], None]
 
 ENCODER_PREFIXES = ("encoder.", "tencoder.")
-SILENT_POWER = 1e-8  # mean square of a source in a validation excerpt below which it counts as silent (-80 dBFS)
 """Parameter-name prefixes of the (waveform and spectral) encoders in every nn architecture."""
 
 
@@ -151,23 +150,22 @@ def validate(model: torch.nn.Module, excerpts: list[tuple[torch.Tensor, torch.Te
              device: torch.device, autocast: Any) -> dict[str, float]:
     """Mean uSDR per source over the fixed validation excerpts (and "mean" over sources).
 
-    A source that is silent in an excerpt (a 3-s cut often has no vocals) is left out of that
-    source's mean: its uSDR only measures how quiet the leak is, tens of dB below zero, and would
-    drown the excerpts where there is something to separate. A source silent everywhere is NaN
-    and left out of "mean".
+    A source that is silent in an excerpt (a 3-s cut often has no vocals; see `metrics.audible`)
+    is left out of that source's mean, or its leak scores would drown the excerpts where there is
+    something to separate. A source silent everywhere is NaN and left out of "mean".
     """
-    from stemsplit.metrics import usdr
+    from stemsplit.metrics import audible, usdr
 
     was_training = model.training
     model.eval()
-    scores, audible = [], []
+    scores, heard = [], []
     for mix, ref in excerpts:
         with autocast():
             est = model(mix.to(device))
         scores.append(usdr(ref.to(device), est.float()).cpu())
-        audible.append(ref.double().square().mean(dim=(-2, -1)) > SILENT_POWER)
+        heard.append(audible(ref))
     model.train(was_training)
-    score, keep = torch.cat(scores), torch.cat(audible)
+    score, keep = torch.cat(scores), torch.cat(heard)
     per_source = score.where(keep, 0.0).sum(dim=0) / keep.sum(dim=0)  # 0/0 = NaN for a source never heard
     result = {name: float(v) for name, v in zip(model.sources, per_source)}
     result["mean"] = float(per_source.nanmean())
