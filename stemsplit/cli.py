@@ -604,6 +604,8 @@ def train(
         raise _fail(exc, 2) from None
     except StemsplitError as exc:
         raise _fail(exc, 1) from None
+    except OSError as exc:  # the run folder cannot be written (config, log, states): say where, not a traceback
+        raise _fail(f"{exc.filename or cfg.out_dir}: {exc.strerror or exc}", 1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         from rich.console import Console
 

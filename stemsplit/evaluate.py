@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from stemsplit.atomic import atomic_path
-from stemsplit.errors import DataError
+from stemsplit.errors import DataError, StemsplitError
 from stemsplit.train.data import Track, scan_folder
 
 FAST_METRICS = ("usdr", "si_sdr")
@@ -91,8 +91,11 @@ class Evaluation:
 
 def _atomic_text(path: Path, text: str) -> None:
     """Write `text` as UTF-8 without newline translation (CSV brings its own line ends)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise StemsplitError(f"{path}: cannot write the scores ({exc.strerror or exc})") from exc
 
 
 def find_tracks(root: Path, sources: Sequence[str], names: Optional[Sequence[str]] = None) -> list[Track]:

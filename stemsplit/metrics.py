@@ -169,5 +169,13 @@ def bss_eval(ref: torch.Tensor, est: torch.Tensor, samplerate: int, window: floa
 
 
 def frame_median(frames: torch.Tensor) -> torch.Tensor:
-    """Median over frames (last dimension) ignoring NaN frames: the per-track BSSEval score."""
-    return torch.nanmedian(frames, dim=-1).values
+    """Median over frames (last dimension) ignoring NaN frames: the per-track BSSEval score.
+
+    Of an even count it is the mean of the two middle values, as museval's (numpy's) nanmedian;
+    `torch.nanmedian` would return the lower one. No defined frame gives NaN.
+    """
+    ordered = frames.sort(dim=-1).values  # NaN sorts last
+    count = (~frames.isnan()).sum(dim=-1, keepdim=True)
+    low = ordered.gather(-1, ((count - 1) // 2).clamp(min=0))
+    high = ordered.gather(-1, count // 2)
+    return ((low + high) / 2).squeeze(-1)

@@ -418,14 +418,17 @@ def separate(
         if channels not in (1, 2):
             raise AudioError(f"tensor has {channels} channels; only mono and stereo are supported")
         mix = wav.expand(separator.audio_channels, -1) if channels == 1 else wav
-        mix = resample(mix, rate, separator.samplerate)
+        mix, length = resample(mix, rate, separator.samplerate), wav.shape[-1]
     else:
         loaded = load_audio(path_or_tensor, separator.samplerate, separator.audio_channels)
         mix, rate, channels = loaded.wav, loaded.native_samplerate, loaded.native_channels
+        length = loaded.native_frames
     stems = separator.separate_tensor(mix, sources)
     if channels == 1:
         stems = stems.mean(1, keepdim=True)
     if rate != separator.samplerate:
         stems = resample(stems.flatten(0, 1), separator.samplerate, rate).unflatten(0, stems.shape[:2])
+        # there and back loses up to a few samples at the end: give back the input's length
+        stems = torch.nn.functional.pad(stems, (0, max(0, length - stems.shape[-1])))[..., :length]
     names = list(sources) if sources is not None else separator.sources
     return dict(zip(names, stems))

@@ -16,7 +16,7 @@ from test_train_data import RATE, write_musdb
 from stemsplit import metrics
 from stemsplit.audio import read_audio
 from stemsplit.checkpoint import build_model, save_checkpoint
-from stemsplit.errors import DataError
+from stemsplit.errors import DataError, StemsplitError
 from stemsplit.evaluate import Evaluation, evaluate
 from stemsplit.separate import Separator
 
@@ -77,6 +77,9 @@ def test_aggregate_skips_undefined_scores_and_files_use_null(tmp_path):
     assert rows[0] == ["track", "source", "usdr", "sdr"]
     assert rows[1] == ["t0", "a", "1.0000", ""]
     assert ["<median>", "a", "3.0000", "3.0000"] in rows
+    blocked = tmp_path / "s.json" / "x.csv"  # inside a file: an OSError, reported as a one-line error
+    with pytest.raises(StemsplitError, match="x.csv: cannot write the scores"):
+        result.write_csv(blocked)
 
 
 def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):

@@ -138,3 +138,12 @@ def test_bss_eval_short_track_is_one_frame_and_shapes_are_checked(oracle):
     _assert_matches(ours, _oracle_frames(oracle, ref, est, RATE))
     with pytest.raises(ValueError, match="one shape"):
         bss_eval(torch.zeros(2, 1, 10), torch.zeros(2, 1, 11), RATE)
+
+
+def test_frame_median_of_an_even_count_is_the_mean_of_the_middle_two_like_museval():
+    nan = float("nan")
+    rows = [[4.0, 1.0, 3.0, 2.0], [1.0, nan, 5.0, 3.0], [7.0, nan, 1.0, nan], [nan, nan, nan, nan]]
+    got = frame_median(torch.tensor(rows, dtype=torch.float64))
+    assert got[:3].tolist() == [2.5, 3.0, 4.0]
+    assert np.allclose(got[:3].numpy(), np.nanmedian(np.array(rows[:3]), axis=1))  # museval's statistic
+    assert torch.isnan(got[3])  # no defined frame: no score

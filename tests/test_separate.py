@@ -140,6 +140,10 @@ def test_separate_api_on_files_and_tensors(tmp_path):
     assert (total - original)[:, inner].abs().max() < 0.01
     tensor_stems = separate(torch.zeros(2, 4000), model, device="cpu", sources=["bass"])
     assert list(tensor_stems) == ["bass"] and tensor_stems["bass"].shape == (2, 4000)
+    for rate, frames in ((44100, 7777), (11025, 1001)):  # 44.1 -> 8 -> 44.1 kHz alone loses 5 samples
+        assert separate(torch.rand(2, frames), model, device="cpu", samplerate=rate)["bass"].shape == (2, frames)
+        sf.write(path, torch.rand(frames, 1).numpy(), rate)
+        assert separate(path, model, device="cpu")["bass"].shape == (1, frames)
 
 
 # ---- parity with the official implementation (test oracle) ----------------------------------

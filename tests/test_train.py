@@ -133,6 +133,12 @@ def test_cli_train_with_yaml_config(tmp_path):
     assert "best checkpoint" in result.stdout
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "step"] == [1, 2]
+    blocked = subprocess.run(  # a run folder inside a file: one line naming it, no traceback
+        [sys.executable, "-m", "stemsplit", "train", "--config", str(config), "--musdb", str(root),
+         "--out", str(out / "config.json" / "run"), "--steps", "1", "--threads", "1", "--no-remix"],
+        capture_output=True, text=True, timeout=120)
+    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
+    assert blocked.stderr.startswith("error:") and "config.json" in blocked.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["steps"] == 2 and saved["augment"]["remix"] is False and saved["augment"]["pitch"] == 1
 

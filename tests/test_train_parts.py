@@ -160,3 +160,10 @@ def test_validation_leaves_silent_sources_out_of_their_mean():
     silent[:, 0] = loud[:, 0]
     never = validate(_Echo(est), [(silent.sum(1), silent)], torch.device("cpu"), contextlib.nullcontext)
     assert math.isnan(never["b"]) and never["mean"] == pytest.approx(never["a"])
+
+
+def test_checkpoint_and_validation_intervals_must_be_positive():
+    # the trainer takes `step % interval`: 0 would stop the run with ZeroDivisionError after its first step
+    for key in ("checkpoint_every", "valid_every"):
+        with pytest.raises(ConfigError, match=key):
+            make_config({"musdb": "x", key: 0})

@@ -4,9 +4,10 @@ A bag looks like a single model (`samplerate`, `audio_channels`, `sources`, `seg
 `models` and per-model per-source `weights`. The estimate for source s is
 `sum_i w[i][s] * model_i(mix)[s] / sum_i w[i][s]`, as in the official Demucs bags.
 
-The Separator applies bags member by member (each member through its own segmenting), runs only
-the members that `members_for` returns for the requested stems, and merges their outputs with
-`combine`. `forward` does the same on a whole tensor at once, for tests and short inputs.
+The Separator applies bags member by member (each member through its own segmenting), skips
+the members whose weights are zero for every requested stem and merges their outputs with these
+weights itself. `members_for` and `combine` state the same rules on whole tensors, and `forward`
+uses them to run a bag on a whole tensor at once, for tests and short inputs.
 This module owns no file formats (see `checkpoint`) and does no segmenting (see `separate`).
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The "other" stem: pitched accompaniment instruments and the parts they play.
 
 Owns the instrument voices (piano, electric piano, organ, strings, pad, pluck, brass, lead,
-acoustic/clean/distorted guitars, mallets) with a per-song note cache (a sampler plays the same
-sample for the same key, and it keeps rendering fast), and the part writers (sustained chords,
-rhythmic comping, arpeggios, guitar strums, power chords, counter-melodies). It must not apply
-stem-level production (effects.py) nor choose the harmony (compose.py).
+acoustic/clean/distorted guitars, mallets, bells, harp, and flute/sax/violin/accordion solo
+voices) with a per-song note cache (a sampler plays the same sample for the same key, and it
+keeps rendering fast), and the part writers (sustained chords, rhythmic comping, arpeggios,
+guitar strums, power chords, counter-melodies). It must not apply stem-level production
+(effects.py) nor choose the harmony (compose.py).
 """
 from __future__ import annotations
 

@@ -118,6 +118,8 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r}: expected 'auto', 'bf16' or 'fp32'")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch size and steps must be at least 1")
+        if self.checkpoint_every < 1 or self.valid_every < 1:
+            raise ConfigError("checkpoint_every and valid_every (--checkpoint-every, --valid-every) must be at least 1")
         if self.augment.remix and self.batch_size < 2:
             raise ConfigError("remix needs a batch size of at least 2 (or switch it off with --no-remix)")
         if not 0 <= self.ema_decay < 1:

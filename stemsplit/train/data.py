@@ -106,7 +106,7 @@ def read_excerpt(path: Path, start: int, frames: int, channels: int) -> np.ndarr
     except (RuntimeError, OSError) as exc:
         raise DataError(f"{path}: cannot read frames {start}..{start + frames} ({exc})") from exc
     data = data.T
-    if data.shape[0] != channels:  # mono file for a stereo model: duplicate (check_track allows only 1 or C)
+    if data.shape[0] != channels:  # mono file for a stereo model: duplicate (FolderSource allows only 1 or C)
         data = np.repeat(data[:1], channels, axis=0)
     return np.ascontiguousarray(data)
 

@@ -47,8 +47,8 @@ class Schedule:
         return lr
 
     def observe(self, score: float) -> None:
-        """Feed a validation score (higher is better); with "plateau", shrink lr after `patience`
-        checks without improvement."""
+        """Feed a validation score (higher is better); with "plateau", shrink lr once more than
+        `plateau_patience` checks in a row brought no improvement."""
         if self.kind != "plateau":
             return
         if self.best is None or score > self.best:
