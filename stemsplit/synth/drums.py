@@ -180,11 +180,11 @@ def _pans(rng: np.random.Generator) -> dict[str, float]:
     """Drummer's-view panning, mirrored half of the time."""
     side = 1.0 if rng.random() < 0.5 else -1.0
     spread = rng.uniform(0.3, 1.0)
-    pans = {"kick": 0.0, "snare": 0.05 * side, "clap": 0.0, "rim": 0.05 * side,
+    pans = {"kick": 0.0, "snare": 0.05 * side, "clap": 0.0,
             "hat_closed": 0.45 * side, "hat_open": 0.45 * side, "hat_pedal": 0.45 * side,
             "ride": -0.5 * side, "crash": 0.35 * side, "tom_hi": 0.35 * side, "tom_mid": 0.0,
             "tom_lo": -0.45 * side}
-    for p in PERCUSSION:
+    for p in PERCUSSION:  # rim included: played as hand percussion, placed anywhere
         pans[p] = float(rng.uniform(-0.7, 0.7))
     return {k: v * spread for k, v in pans.items()}
 

@@ -163,7 +163,7 @@ def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML config file into a plain mapping; DataError-style one-line errors."""
+    """Read a YAML config file into a plain mapping; a missing or malformed file is a one-line ConfigError."""
     import yaml
 
     try:
