@@ -39,20 +39,14 @@ class Evaluation:
 
     def aggregate(self) -> dict[str, dict[str, dict[str, float]]]:
         """{source: {metric: {"mean": m, "median": md}}} over tracks, ignoring undefined scores."""
+        from stemsplit.metrics import nanmedian
+
         out: dict[str, dict[str, dict[str, float]]] = {}
         for source in self.sources:
             out[source] = {}
             for metric in self.metrics:
                 values = torch.tensor([t[source][metric] for t in self.tracks.values()], dtype=torch.float64)
-                values = values[~values.isnan()]
-                if values.numel() == 0:
-                    out[source][metric] = {"mean": math.nan, "median": math.nan}
-                    continue
-                # The median of an even count is the mean of the two middle values (numpy's convention).
-                ordered = values.sort().values
-                mid = ordered.numel() // 2
-                median = ordered[mid] if ordered.numel() % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-                out[source][metric] = {"mean": float(values.mean()), "median": float(median)}
+                out[source][metric] = {"mean": float(values.nanmean()), "median": float(nanmedian(values))}
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -110,7 +104,7 @@ def score_track(ref: torch.Tensor, est: torch.Tensor, samplerate: int, bss: bool
     values: dict[str, torch.Tensor] = {"usdr": metrics.usdr(ref, est), "si_sdr": metrics.si_sdr(ref, est)}
     if bss:
         frames = metrics.bss_eval(ref, est, samplerate)
-        values.update({name: metrics.frame_median(v) for name, v in frames.items()})
+        values.update({name: metrics.nanmedian(v) for name, v in frames.items()})
     return {name: [float(x) for x in v] for name, v in values.items()}
 
 

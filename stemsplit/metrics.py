@@ -54,7 +54,7 @@ def si_sdr(ref: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
 #   SIR = |p_own|^2 / |p_all - p_own|^2, SAR = |p_all|^2 / |est - p_all|^2,
 # energies over the frame extended by the L - 1 samples the filters spill into. A ratio with a zero
 # denominator is +inf. Frames where any reference or any estimate is silent are NaN (undefined),
-# and `frame_median` skips them; a source silent for a whole track has no BSSEval score (NaN).
+# and `nanmedian` skips them; a source silent for a whole track has no BSSEval score (NaN).
 
 BSS_FILTER_TAPS = 512
 
@@ -168,14 +168,17 @@ def bss_eval(ref: torch.Tensor, est: torch.Tensor, samplerate: int, window: floa
     return out
 
 
-def frame_median(frames: torch.Tensor) -> torch.Tensor:
-    """Median over frames (last dimension) ignoring NaN frames: the per-track BSSEval score.
+def nanmedian(values: torch.Tensor) -> torch.Tensor:
+    """Median over the last dimension ignoring NaN: over frames, the per-track BSSEval score; over
+    tracks, `evaluate`'s aggregate.
 
     Of an even count it is the mean of the two middle values, as museval's (numpy's) nanmedian;
-    `torch.nanmedian` would return the lower one. No defined frame gives NaN.
+    `torch.nanmedian` would return the lower one. No defined value gives NaN.
     """
-    ordered = frames.sort(dim=-1).values  # NaN sorts last
-    count = (~frames.isnan()).sum(dim=-1, keepdim=True)
+    if values.shape[-1] == 0:  # nothing to take the median of
+        return values.new_full(values.shape[:-1], float("nan"))
+    ordered = values.sort(dim=-1).values  # NaN sorts last
+    count = (~values.isnan()).sum(dim=-1, keepdim=True)
     low = ordered.gather(-1, ((count - 1) // 2).clamp(min=0))
     high = ordered.gather(-1, count // 2)
     return ((low + high) / 2).squeeze(-1)

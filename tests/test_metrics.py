@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stemsplit.metrics import SILENT_POWER, USDR_DELTA, audible, bss_eval, frame_median, si_sdr, usdr
+from stemsplit.metrics import SILENT_POWER, USDR_DELTA, audible, bss_eval, nanmedian, si_sdr, usdr
 
 RATE = 8000
 
@@ -108,7 +108,7 @@ def test_bss_eval_matches_museval_on_separated_like_audio_with_silence(oracle):
     theirs = _oracle_frames(oracle, ref, est, RATE)
     _assert_matches(ours, theirs)
     assert torch.isnan(ours["sdr"][:, 1]).all() and not torch.isnan(ours["sdr"][:, [0, 2, 3]]).any()
-    track = frame_median(ours["sdr"])
+    track = nanmedian(ours["sdr"])
     assert np.allclose(track.numpy(), np.nanmedian(theirs["sdr"], axis=1), atol=0.05)
 
 
@@ -126,7 +126,7 @@ def test_bss_eval_hand_computed_cases():
     silent_source[1] = 0
     result = bss_eval(silent_source, 0.5 * ref, RATE)
     assert torch.isnan(result["sdr"]).all()  # museval's convention: frames with a silent source are undefined
-    assert torch.isnan(frame_median(result["sdr"])).all()
+    assert torch.isnan(nanmedian(result["sdr"])).all()
 
 
 def test_bss_eval_short_track_is_one_frame_and_shapes_are_checked(oracle):
@@ -140,10 +140,10 @@ def test_bss_eval_short_track_is_one_frame_and_shapes_are_checked(oracle):
         bss_eval(torch.zeros(2, 1, 10), torch.zeros(2, 1, 11), RATE)
 
 
-def test_frame_median_of_an_even_count_is_the_mean_of_the_middle_two_like_museval():
+def test_nanmedian_of_an_even_count_is_the_mean_of_the_middle_two_like_museval():
     nan = float("nan")
     rows = [[4.0, 1.0, 3.0, 2.0], [1.0, nan, 5.0, 3.0], [7.0, nan, 1.0, nan], [nan, nan, nan, nan]]
-    got = frame_median(torch.tensor(rows, dtype=torch.float64))
+    got = nanmedian(torch.tensor(rows, dtype=torch.float64))
     assert got[:3].tolist() == [2.5, 3.0, 4.0]
     assert np.allclose(got[:3].numpy(), np.nanmedian(np.array(rows[:3]), axis=1))  # museval's statistic
     assert torch.isnan(got[3])  # no defined frame: no score
