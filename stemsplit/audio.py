@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -130,12 +130,17 @@ def resample(wav: torch.Tensor, old_sr: int, new_sr: int) -> torch.Tensor:
 
 @dataclass
 class _Source:
-    """An opened input: its format facts and an iterator of `(frames, channels)` float32 blocks."""
+    """An opened input: its format facts and an iterator of `(frames, channels)` float32 blocks.
+
+    Iterating `blocks` to its end releases the decoder. `close` releases it early, and is the only
+    way for a source whose blocks were never started (a generator that never ran cannot clean up).
+    """
 
     samplerate: int
     channels: int
     frames: Optional[int]  # None when the decoder cannot tell in advance (ffmpeg pipes)
     blocks: Iterator[np.ndarray]
+    close: Callable[[], None]
 
 
 _DECLARED_SIZE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -206,7 +211,7 @@ def _soundfile_source(path: Path) -> _Source:
                     f"{path}: truncated or corrupted file (decoded {read} of {handle.frames} frames)"
                 )
 
-    return _Source(handle.samplerate, handle.channels, handle.frames, blocks())
+    return _Source(handle.samplerate, handle.channels, handle.frames, blocks(), handle.close)
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -227,12 +232,21 @@ def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errlog, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
 
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def close() -> None:
+        stop()
+        proc.stdout.close()
+        errlog.close()
+
     def failure(what: str) -> AudioError:
-        proc.kill()
-        proc.wait()
+        stop()  # its error log is complete only once it has exited
         errlog.seek(0)
         lines = [ln.strip() for ln in errlog.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        errlog.close()
+        close()
         cause = lines[-1] if lines else what
         return AudioError(f"{path}: not a readable audio file (ffmpeg: {cause})")
 
@@ -267,13 +281,9 @@ def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
             if proc.wait() != 0:
                 raise failure(f"exit status {proc.returncode}")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-            errlog.close()
+            close()
 
-    return _Source(samplerate, channels, None, blocks())
+    return _Source(samplerate, channels, None, blocks(), close)
 
 
 def _open_source(path: Path) -> _Source:
@@ -326,21 +336,30 @@ class _Decoding:
     def __init__(self, path: Path, samplerate: Optional[int], channels: Optional[int]) -> None:
         self.path = path
         self._source = _open_source(path)
-        self.native_samplerate = self._source.samplerate
-        self.native_channels = self._source.channels
-        self.samplerate = samplerate or self._source.samplerate
-        self.channels = channels or self._source.channels
-        self._convert_to = channels
-        if channels is not None and self._source.channels > 2:
-            _convert_channels(torch.zeros(self._source.channels, 0), channels, path)
         try:
-            self._resampler = StreamResampler(self._source.samplerate, self.samplerate)
+            self._check(samplerate, channels)
+        except BaseException:
+            self._source.close()  # its blocks never started, so nothing else would release the decoder
+            raise
+        self.decoded = 0  # native frames decoded so far
+
+    def _check(self, samplerate: Optional[int], channels: Optional[int]) -> None:
+        """Settle the output format; AudioError (naming the file) for one this input cannot give."""
+        path, source = self.path, self._source
+        self.native_samplerate = source.samplerate
+        self.native_channels = source.channels
+        self.samplerate = samplerate or source.samplerate
+        self.channels = channels or source.channels
+        self._convert_to = channels
+        if channels is not None and source.channels > 2:
+            _convert_channels(torch.zeros(source.channels, 0), channels, path)
+        try:
+            self._resampler = StreamResampler(source.samplerate, self.samplerate)
         except AudioError as exc:
             raise AudioError(f"{path}: {exc}") from None
         self.expected: Optional[int] = None  # converted frames announced by the container, if any
-        if self._source.frames is not None and self._source.frames > 0:
-            self.expected = self._source.frames * self._resampler.new // self._resampler.old
-        self.decoded = 0  # native frames decoded so far
+        if source.frames is not None and source.frames > 0:
+            self.expected = source.frames * self._resampler.new // self._resampler.old
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for block in self._source.blocks:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from stemsplit.errors import AudioError, ModelError
+from stemsplit.nn.bag import has_fixed_segment
 
 Progress = Callable[[int, int], None]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,11 +79,6 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
 
 def _is_bag(model: nn.Module) -> bool:
     return hasattr(model, "models") and hasattr(model, "weights")
-
-
-def _fixed_length(model: nn.Module) -> bool:
-    """HTDemucs-style models only accept their training length (they pad shorter input)."""
-    return bool(getattr(model, "use_train_segment", False))
 
 
 def _triangle(length: int) -> torch.Tensor:
@@ -229,7 +225,7 @@ class Separator:
         self.members = list(model.models) if _is_bag(model) else [model]
         for member in self.members:
             limit = float(member.segment)
-            if segment is not None and _fixed_length(member) and segment > limit:
+            if segment is not None and has_fixed_segment(member) and segment > limit:
                 raise ModelError(
                     f"segment {segment} s is longer than the {limit:.2f} s this model was trained on; "
                     "choose a smaller --segment"
@@ -276,7 +272,7 @@ class Separator:
             if all(member_weights[k] == 0 for k in wanted):
                 continue
             scale = torch.tensor([member_weights[k] / totals[k] / len(delays) for k in wanted])
-            pad_to = seg if (self.segment is not None and _fixed_length(member)) else None
+            pad_to = seg if (self.segment is not None and has_fixed_segment(member)) else None
             for delay in delays:
                 lane_length = length + delay
                 # segments that end before the track starts (inside the shift prefix) are useless

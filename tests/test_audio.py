@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import subprocess
 
 import julius
 import numpy as np
@@ -80,6 +81,36 @@ def test_more_than_two_channels_is_refused_when_converting(tmp_path):
     assert read_audio(path)[0].shape == (6, 1000)
     with pytest.raises(AudioError, match=r"surround\.wav: has 6 channels"):
         read_audio(path, channels=2)
+
+
+@pytest.mark.parametrize("suffix, opener", [("wav", "_soundfile_source"), ("m4a", "_ffmpeg_source")])
+def test_refused_input_releases_its_decoder_at_once(tmp_path, monkeypatch, suffix, opener):
+    """An input refused right after opening must not hold a file handle or an ffmpeg process
+    until garbage collection (a batch would pile them up)."""
+    if suffix == "m4a" and shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg on PATH")
+    wav = tmp_path / "surround.wav"
+    sf.write(wav, np.zeros((4410, 6), np.float32), 44100)
+    path = wav
+    if suffix == "m4a":
+        path = tmp_path / "surround.m4a"
+        subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)],
+                       check=True)
+    released = []
+    original = getattr(audio, opener)
+
+    def spying(*args):
+        source = original(*args)
+        release = source.close
+        source.close = lambda: (released.append(release), release())
+        return source
+
+    monkeypatch.setattr(audio, opener, spying)
+    with pytest.raises(AudioError, match=r"surround\.\w+: has 6 channels"):
+        read_audio(path, channels=2)
+    assert len(released) == 1
+    if suffix == "wav":  # the decoder's close is the SoundFile's own method
+        assert released[0].__self__.closed
 
 
 def _truncate(src, dst):

@@ -112,3 +112,6 @@ def test_bag_segment_overrides_members_but_never_lengthens_a_transformer():
     assert [m.segment for m in shorter.models] == [0.25, 0.25] and shorter.segment_override == 0.25
     free = BagOfModels([official_hdemucs(0)], segment=44)
     assert free.models[0].segment == 44 and free.segment == 44
+    unfixed = tiny_htdemucs(0)
+    unfixed.use_train_segment = False  # takes any length, so it takes a longer segment too
+    assert BagOfModels([unfixed], segment=2).models[0].segment == 2

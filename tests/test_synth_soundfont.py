@@ -56,3 +56,33 @@ def test_each_stem_renders_through_the_soundfont():
         audio = sf.render_stem(np.random.default_rng(1), plan, 22050, 4 * 22050, stem, font)
         assert audio.shape == (2, 4 * 22050) and audio.dtype == np.float32
         assert np.isfinite(audio).all() and np.sqrt(np.mean(audio ** 2)) > 1e-4, stem
+
+
+def test_a_soundfont_fluidsynth_refuses_leaves_no_synth_behind(tmp_path, monkeypatch):
+    """The warm-cache keeper frees its synth and settings when the load fails (a batch of bad
+    fonts would otherwise leak one synth each)."""
+    calls = []
+
+    class FakeLib:
+        def new_fluid_settings(self):
+            return 11
+
+        def new_fluid_synth(self, settings):
+            return 22
+
+        def fluid_synth_sfload(self, synth, path, reset):
+            return -1
+
+        def delete_fluid_synth(self, synth):
+            calls.append(("synth", synth))
+
+        def delete_fluid_settings(self, settings):
+            calls.append(("settings", settings))
+
+    monkeypatch.setattr(sf, "_lib", FakeLib)
+    font = tmp_path / "broken.sf2"
+    font.write_bytes(b"RIFF junk")
+    with pytest.raises(DataError, match=r"broken\.sf2: fluidsynth cannot load this soundfont"):
+        sf._keep_loaded(font)
+    assert calls == [("synth", 22), ("settings", 11)]
+    assert not any(str(font) in key for key in sf._KEEPERS)

@@ -167,3 +167,25 @@ def test_checkpoint_and_validation_intervals_must_be_positive():
     for key in ("checkpoint_every", "valid_every"):
         with pytest.raises(ConfigError, match=key):
             make_config({"musdb": "x", key: 0})
+
+
+def test_transformer_trains_at_its_own_rate_and_decay_in_proportion_to_the_schedule():
+    """HTDemucs's t_lr / t_weight_decay (the reference's make_optim_group) reach the optimizer."""
+    import stemsplit.nn as snn
+    from stemsplit.train.trainer import param_groups
+
+    model = snn.HTDemucs(sources=["a", "b"], channels=8, depth=2, nfft=256, t_layers=1, segment=1,
+                         t_lr=1e-3, t_weight_decay=0.05)
+    model.encoder[0].conv.weight.requires_grad_(False)
+    groups = param_groups(model, lr=1e-4, weight_decay=0.0)
+    transformer = {id(p) for p in model.crosstransformer.parameters()}
+    assert [g["lr_scale"] for g in groups] == [1.0, pytest.approx(10.0)]
+    assert {id(p) for p in groups[1]["params"]} == transformer and groups[1]["weight_decay"] == 0.05
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in trainable)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    schedule = Schedule("cosine", 1e-4, total_steps=10)
+    assert schedule.apply(optimizer, 5) == pytest.approx(5e-5)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(5e-5), pytest.approx(5e-4)]
+    plain = param_groups(snn.HDemucs(sources=["a", "b"], channels=8, depth=2, nfft=256), 1e-4, 0.01)
+    assert len(plain) == 1 and plain[0]["weight_decay"] == 0.01 and plain[0]["lr_scale"] == 1.0

@@ -24,10 +24,12 @@ Seconds = Union[float, Fraction]
 
 
 def has_fixed_segment(model: nn.Module) -> bool:
-    """True for models that must see exactly their training length (HTDemucs)."""
-    from stemsplit.nn import HTDemucs
+    """True for models that must see exactly their training length (HTDemucs with
+    `use_train_segment`, as every released one is): they pad shorter input and refuse longer.
 
-    return isinstance(model, HTDemucs)
+    The one test of this, for bag overrides and for the separation engine alike.
+    """
+    return bool(getattr(model, "use_train_segment", False))
 
 
 def override_segment(model: nn.Module, segment: Seconds) -> None:

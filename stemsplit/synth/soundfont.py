@@ -114,6 +114,9 @@ def _keep_loaded(path: Path) -> None:
         settings = lib.new_fluid_settings()
         synth = lib.new_fluid_synth(settings)
         if not synth or lib.fluid_synth_sfload(synth, str(path).encode(), 0) < 0:
+            if synth:
+                lib.delete_fluid_synth(synth)
+            lib.delete_fluid_settings(settings)
             raise DataError(f"{path}: fluidsynth cannot load this soundfont")
         _KEEPERS[key] = (settings, synth)
 

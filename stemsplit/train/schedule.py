@@ -40,10 +40,11 @@ class Schedule:
         return self.base_lr * self.shape(step) * self.factor
 
     def apply(self, optimizer: Any, step: int) -> float:
-        """Set every parameter group's lr for `step`; return it."""
+        """Set every parameter group's lr for `step` (times the group's `lr_scale`, if it has one,
+        for a module trained at its own rate); return the run's lr."""
         lr = self.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def observe(self, score: float) -> None:

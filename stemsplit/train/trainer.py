@@ -67,6 +67,30 @@ def freeze_encoder(model: torch.nn.Module) -> int:
     return frozen
 
 
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters: the run's lr and weight decay, except where a
+    module asks for its own (`make_optim_group`: HTDemucs's transformer with `t_lr` and
+    `t_weight_decay`, as the reference trains it).
+
+    A group's `lr_scale` is its lr over the run's, so the schedule keeps it in proportion.
+    """
+    groups: list[dict[str, Any]] = []
+    claimed: set[int] = set()
+    for module in model.modules():
+        make = getattr(module, "make_optim_group", None)
+        if make is None:
+            continue
+        group = make()
+        params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
+        claimed.update(id(p) for p in group["params"])
+        if params:
+            scale = group["lr"] / lr if group.get("lr") is not None else 1.0
+            groups.append({"params": params, "weight_decay": group.get("weight_decay", weight_decay),
+                           "lr": lr * scale, "lr_scale": scale})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    return [{"params": rest, "weight_decay": weight_decay, "lr": lr, "lr_scale": 1.0}, *groups]
+
+
 class _Data:
     """The checked data of a run: the training excerpt set, its collation, the validation excerpts."""
 
@@ -200,8 +224,9 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     if cfg.freeze_encoder:
         freeze_encoder(model)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio,
                         cfg.plateau_factor, cfg.plateau_patience)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
