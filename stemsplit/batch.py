@@ -13,6 +13,7 @@ one track is decoded, separated or encoded (export.py does).
 from __future__ import annotations
 
 import glob
+import os
 import string
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,11 @@ class Track:
 
 @dataclass
 class TrackRecord:
-    """What happened to one track. `duration` is in seconds of audio, `seconds` of wall time."""
+    """What happened to one track. `duration` is in seconds of audio, `seconds` of wall time.
+
+    `outputs` are the stem files of an ok or skipped track; a failed track has none (its planned
+    files were not written, and may even be another track's).
+    """
 
     input: str
     status: Literal["ok", "skipped", "failed"] = "failed"
@@ -86,13 +91,14 @@ class BatchEvent:
 def model_label(model: Union[None, str, Path]) -> str:
     """The `{model}` field: a checkpoint's file stem, a catalog name, or the default model's name.
 
-    A `Path` is always a checkpoint file; a string is a file when it has a suffix (`-n x.th`),
-    else a catalog name, so `{model}` never contains a folder or an extension.
+    A `Path` is always a checkpoint file; a string is a file when it has a suffix (`-n x.th`) or
+    a folder (`-n ckpt/mine`), else a catalog name, so `{model}` never contains a folder or an
+    extension.
     """
     if model is None:
         return DEFAULT_MODEL
     path = Path(model)
-    return path.stem if isinstance(model, Path) or path.suffix else str(model)
+    return path.stem if isinstance(model, Path) or path.suffix or len(path.parts) > 1 else str(model)
 
 
 def check_template(template: str) -> None:
@@ -215,14 +221,15 @@ def separate_batch(
                 raise AudioError(track.error or f"{track.input}: no audio file")
             targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt)
                        for stem in names}
-            record.outputs = dict(targets)
             clash = [planned[p] for p in targets.values() if p in planned]
             if clash:
                 raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
                                  "(tell them apart with {track} in the name template, or rename one)")
             planned.update({p: track.input for p in targets.values()})
-            if not overwrite and all(p.exists() for p in targets.values()):
-                record.status = "skipped"
+            # os.path.exists, not Path.exists: a name too long for the file system must fail this
+            # track when it is written (one error line), not raise here and stop the batch
+            if not overwrite and all(os.path.exists(p) for p in targets.values()):
+                record.status, record.outputs = "skipped", targets
                 emit(BatchEvent("done", record))
                 continue
             emit(BatchEvent("start", record))
@@ -239,7 +246,7 @@ def separate_batch(
             record.seconds = round(time.perf_counter() - started, 3)
             emit(BatchEvent("failed", record, message=_failure_line(track, str(exc))))
             continue
-        record.status, record.duration = "ok", result.duration
+        record.status, record.outputs, record.duration = "ok", targets, result.duration
         record.seconds = round(time.perf_counter() - started, 3)
         emit(BatchEvent("done", record, scale=result.scale))
     return records

@@ -325,7 +325,13 @@ def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = No
     target = cached_path(file)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a cache folder that cannot be created is the user's to fix: say which and how
+        raise DownloadError(
+            f"cannot create the model cache folder {target.parent} ({exc.strerror or exc}); "
+            f"set ${CACHE_ENV} to a writable folder"
+        ) from None
     partial = target.with_name(target.name + ".part")
     offset = partial.stat().st_size if partial.is_file() else 0
     response = _open(file, offset, timeout, target)
@@ -437,7 +443,7 @@ def load_model(
         return load_checkpoint(path)
     if repo is not None:
         return _load_from_repo(text, Path(repo))
-    if path.is_dir():
+    if path.is_dir() and text not in MODELS:  # a folder named like a model (separated/htdemucs) must not hide it
         raise ModelError(f"{path} is a folder; to load a model from it, give a model name with --repo {path}")
     if text not in MODELS and (os.sep in text or "/" in text or path.suffix in {".th", ".safetensors", ".yaml", ".yml", ".json"}):
         raise ModelError(f"checkpoint file {path} does not exist")

@@ -18,10 +18,9 @@ class _DefaultToSeparate(typer.core.TyperGroup):
     """A command group where an unknown first word means `separate` (so `stemsplit song.mp3` works)."""
 
     def parse_args(self, ctx: typer.Context, args: List[str]) -> List[str]:
-        first = next((a for a in args if not a.startswith("-")), None)
-        if args and first is not None and first not in self.commands and args[0] not in ("--help", "--version"):
-            args = ["separate", *args]
-        elif args and first is None and not any(a in ("--help", "--version") for a in args):
+        # Only the first argument can name a command: the group's own options are --help and
+        # --version, so any other leading option is separate's, and so is its value (`-o models`).
+        if args and args[0] not in self.commands and args[0] not in ("--help", "--version"):
             args = ["separate", *args]
         return super().parse_args(ctx, args)
 
@@ -151,8 +150,8 @@ class _BatchDisplay:
 
         record = event.record
         if event.kind == "start":
-            if self.bar is not None:
-                self.task = self.bar.add_task(Path(record.input).name, total=None, audio=0.0)
+            if self.bar is not None:  # the bar reads its description as markup: "song [live].wav" must stay literal
+                self.task = self.bar.add_task(escape(Path(record.input).name), total=None, audio=0.0)
             return
         if event.kind == "progress":
             if self.task is not None:
@@ -290,7 +289,7 @@ def separate(
         console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
                       f"{net.audio_channels} channels; device {separator.device}; segment "
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
-                      f"batch size {batch_size}, precision {precision.value}", highlight=False)
+                      f"batch size {batch_size}, precision {precision.value}", highlight=False, markup=False)
 
     display = _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
                             plain=not console.is_terminal and not as_json and not quiet,

@@ -122,11 +122,40 @@ def separate_file(
     # no_STEM is the mixture minus STEM at the output rate: keep the input at its own rate too
     keep_native = two_stems is not None and options.keep_samplerate
     folder = next(iter(targets.values())).parent
-    with spool_audio(path, separator.samplerate, separator.audio_channels, folder=folder,
-                     keep_native=keep_native) as loaded:
-        if on_start is not None:
-            on_start(loaded.signal.shape[-1] / separator.samplerate)
-        return _separate_spooled(loaded, separator, targets, options, two_stems)
+    made = _missing_folders(folder)
+    try:
+        with spool_audio(path, separator.samplerate, separator.audio_channels, folder=folder,
+                         keep_native=keep_native) as loaded:
+            if on_start is not None:
+                on_start(loaded.signal.shape[-1] / separator.samplerate)
+            return _separate_spooled(loaded, separator, targets, options, two_stems)
+    except BaseException:
+        _remove_if_empty(made)
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed track created, deepest first, where nothing else was put.
+
+    A failure leaves no stem files; it should not leave `separated/<model>/<track>/` behind
+    either, or a batch of bad inputs litters the output folder with empty track folders.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # never made: the track failed before anything was written
+            continue
+        except OSError:  # not empty: another track wrote there, and so into its parents
+            return
 
 
 def _separate_spooled(

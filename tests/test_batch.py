@@ -65,6 +65,7 @@ def test_model_label():
     assert model_label("htdemucs_ft") == "htdemucs_ft"
     assert model_label("models/mine.th") == "mine"
     assert model_label(Path("ckpt/no_suffix")) == "no_suffix"
+    assert model_label("../ckpt/no_suffix") == "no_suffix"  # `-n PATH` of a file without suffix: no folders
 
 
 def test_expand_inputs_folders_globs_duplicates_and_misses(tmp_path, monkeypatch):
@@ -144,12 +145,40 @@ def test_failures_are_recorded_and_do_not_stop_the_batch(tmp_path, separator):
     assert failed[inputs[4]] == f"{inputs[4]}: no such file or folder"
     for record in records[1:5]:
         assert record.error and record.as_dict()["error"] == record.error
+        assert record.outputs == {}  # nothing was written (b/song.wav's planned files are a/song.wav's)
         assert record.input in failed[record.input]  # every failure line names its input
     assert "error" not in records[0].as_dict()
     # a track that fails while decoding ends with "failed" after its "start"
     bad = [e.kind for e in events if e.record is records[2]]
     assert bad == ["start", "failed"]
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_a_track_that_fails_midway_leaves_no_empty_folders(tmp_path, separator):
+    """Decoding had started (the track folder held its temporary files) when the NaN was found."""
+    broken = tone(0.4, RATE, 2)
+    broken[1000, 0] = np.nan
+    sf.write(tmp_path / "nan.wav", broken, RATE, subtype="FLOAT")
+    out = tmp_path / "separated"
+    records = separate_batch([Track("nan.wav", tmp_path / "nan.wav")], separator, out, model="m", options=EXACT)
+    assert [r.status for r in records] == ["failed"] and "NaN" in records[0].error
+    assert not out.exists()  # nor separated/m/ nor separated/m/nan/
+    ok = _song(tmp_path / "ok.wav")
+    records = separate_batch([Track("ok.wav", ok), Track("nan.wav", tmp_path / "nan.wav")], separator, out,
+                             model="m", options=EXACT)
+    assert [r.status for r in records] == ["ok", "failed"]
+    assert [p.name for p in (out / "m").iterdir()] == ["ok"]
+
+
+def test_a_name_too_long_for_the_file_system_fails_only_its_track(tmp_path, separator):
+    short = _song(tmp_path / "short.wav")  # written first, so the output folder exists when `long` is checked
+    long = _song(tmp_path / ("x" * 250 + ".wav"))  # fits, but "<track>_vocals.wav" is over 255 bytes
+    out = tmp_path / "out"
+    records = separate_batch([Track(str(short), short), Track(str(long), long)], separator, out, model="m",
+                             template="{track}_{stem}.{ext}", stems=["vocals"], options=EXACT)
+    assert [r.status for r in records] == ["ok", "failed"]
+    assert "too long" in records[1].error
+    assert sorted(p.name for p in out.iterdir()) == ["short_vocals.wav"]
 
 
 def test_wrong_template_or_stems_refuse_before_any_track(tmp_path, separator):

@@ -173,6 +173,25 @@ def test_single_file_entry_loads_as_the_model_with_its_segment(server, tmp_path,
     assert isinstance(loaded, snn.HTDemucs) and loaded.segment == 0.25
 
 
+def test_a_folder_named_like_a_model_does_not_hide_it(server, tmp_path, monkeypatch):
+    """Running inside `separated/` after `-n solo` (which made separated/solo/) still finds the model."""
+    remote, _, _ = published(server, tmp_path)
+    monkeypatch.setitem(catalog.MODELS, "solo", catalog.CatalogEntry(
+        name="solo", description="test", files=(remote,), sources=tuple(SOURCES)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "solo").mkdir()
+    assert isinstance(catalog.load_model("solo"), snn.HTDemucs)
+
+
+def test_a_cache_folder_that_cannot_be_created_is_a_download_error(server, tmp_path, monkeypatch):
+    remote, _, _ = published(server, tmp_path)
+    (tmp_path / "taken").write_text("a file where the cache folder should be")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "taken" / "cache"))
+    with pytest.raises(DownloadError, match="cannot create the model cache folder .*STEMSPLIT_CACHE"):
+        catalog.download_file(remote)
+    assert server.requests == []
+
+
 def test_local_paths_and_repos_load_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv(catalog.REMOTE_ROOT_ENV, "http://127.0.0.1:9/")
     monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))

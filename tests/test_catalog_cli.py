@@ -70,6 +70,15 @@ def test_models_errors_are_one_red_line_and_an_exit_code(cache, args, code, mess
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_models_download_into_an_impossible_cache_folder_is_one_red_line(tmp_path):
+    (tmp_path / "taken").write_text("a file where the cache folder should be")
+    env = {catalog.CACHE_ENV: str(tmp_path / "taken" / "cache"), catalog.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"}
+    result = stemsplit("models", "download", "htdemucs", env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot create the model cache folder {tmp_path / 'taken' / 'cache'}")
+
+
 class _Bytes(http.server.BaseHTTPRequestHandler):
     body = b"these are not the bytes you are looking for"
 

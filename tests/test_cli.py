@@ -157,3 +157,27 @@ def test_default_invocation_with_progress_bars(tmp_path, audio_dir, tiny_checkpo
     assert result.returncode == 0, result.stderr
     assert "all tracks" in result.stdout and "ok short.wav" in result.stdout
     assert sf.info(tmp_path / "separated" / "tiny" / "short" / "vocals.wav").frames == int(0.05 * 44100)
+
+
+def test_options_before_the_inputs_may_take_a_command_name_as_value(tmp_path, audio_dir, tiny_checkpoint):
+    result = run_cli("-o", "models", str(audio_dir / "mono.wav"), "--model-path", str(tiny_checkpoint), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "models" / "tiny" / "mono" / "vocals.wav").is_file()
+
+
+def test_progress_bar_shows_bracketed_file_names_literally():
+    import io
+
+    from rich.console import Console
+
+    from stemsplit.batch import BatchEvent, TrackRecord
+    from stemsplit.cli import _BatchDisplay
+
+    display = _BatchDisplay(Console(file=io.StringIO(), force_terminal=True), 1, fancy=True, plain=False,
+                            verbose=False)
+    try:
+        display(BatchEvent("start", TrackRecord("album/song [live] [bold].wav")))
+        task = display.bar.tasks[-1]
+        assert display.bar.columns[0].render(task).plain == "song [live] [bold].wav"
+    finally:
+        display.close()
