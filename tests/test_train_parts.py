@@ -110,6 +110,11 @@ def test_yaml_and_assignments(tmp_path):
     assert parse_assignments(["channels=32", "cac=false", "name=x"], "--kw") == {"channels": 32, "cac": False, "name": "x"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_assignments(["channels"], "--kw")
+    # YAML 1.2 floats without a dot are numbers for model kwargs too (PyYAML alone reads text)
+    assert parse_assignments(["t_lr=1e-3", "x=-2E4", "v=1.5e+2", "tag=e5", "ver=1e"], "--kw") == {
+        "t_lr": 1e-3, "x": -2e4, "v": 150.0, "tag": "e5", "ver": "1e"}
+    path.write_text("musdb: data\nmodel_kwargs: {t_lr: 1e-4}\n")
+    assert load_yaml(path)["model_kwargs"] == {"t_lr": 1e-4}
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml(path)
@@ -187,5 +192,8 @@ def test_transformer_trains_at_its_own_rate_and_decay_in_proportion_to_the_sched
     schedule = Schedule("cosine", 1e-4, total_steps=10)
     assert schedule.apply(optimizer, 5) == pytest.approx(5e-5)
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(5e-5), pytest.approx(5e-4)]
+    model.crosstransformer.lr = "fast"
+    with pytest.raises(ConfigError, match="learning rate must be a number, got 'fast'"):
+        param_groups(model, lr=1e-4, weight_decay=0.0)
     plain = param_groups(snn.HDemucs(sources=["a", "b"], channels=8, depth=2, nfft=256), 1e-4, 0.01)
     assert len(plain) == 1 and plain[0]["weight_decay"] == 0.01 and plain[0]["lr_scale"] == 1.0

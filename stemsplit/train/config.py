@@ -7,6 +7,8 @@ Must not: touch data, models or files other than the YAML it is asked to read.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -162,12 +164,35 @@ def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, plus YAML 1.2's floats without a dot (`1e-3`, `2E4`).
+
+    PyYAML follows YAML 1.1, where `1e-3` is a string: `lr: 1e-3` or `--kw t_lr=1e-3` would then
+    reach a model or optimizer as text.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return Loader
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no Python objects
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file into a plain mapping; a missing or malformed file is a one-line ConfigError."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = _yaml_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from exc
     if data is None:
@@ -211,7 +236,7 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = _yaml_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{flag} {item!r}: bad value ({exc})") from exc
     return out

@@ -84,7 +84,10 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list
         params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
         claimed.update(id(p) for p in group["params"])
         if params:
-            scale = group["lr"] / lr if group.get("lr") is not None else 1.0
+            own = group.get("lr")
+            if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float))):
+                raise ConfigError(f"{type(module).__name__}: its own learning rate must be a number, got {own!r}")
+            scale = own / lr if own is not None else 1.0
             groups.append({"params": params, "weight_decay": group.get("weight_decay", weight_decay),
                            "lr": lr * scale, "lr_scale": scale})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
