@@ -414,7 +414,8 @@ def separate(
         if channels not in (1, 2):
             raise AudioError(f"tensor has {channels} channels; only mono and stereo are supported")
         mix = wav.expand(separator.audio_channels, -1) if channels == 1 else wav
-        mix, length = resample(mix, rate, separator.samplerate), wav.shape[-1]
+        mix = resample(mix, rate, separator.samplerate)
+        length = wav.shape[-1]
     else:
         loaded = load_audio(path_or_tensor, separator.samplerate, separator.audio_channels)
         mix, rate, channels = loaded.wav, loaded.native_samplerate, loaded.native_channels
