@@ -5,6 +5,8 @@ downloads) goes through here, so they all share one rule: bytes go to a hidden f
 target's folder (a rename is only atomic within one file system), the finished file gets the
 user's usual umask permissions, and it takes the final name in one rename. A failure at any point
 leaves the final name untouched (an older file stays as it was) and no temporary file behind.
+Files that belong together (the stems of one track) are committed as a group: all take their
+final names, or none does.
 
 It must not know file formats, and it raises plain OSError: each caller turns that into its own
 StemsplitError with its own wording. It never prints.
@@ -15,7 +17,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,6 +55,53 @@ def commit(temp: PathLike, path: PathLike) -> None:
     """
     os.chmod(temp, _umask_mode())
     os.replace(temp, path)
+
+
+def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
+    """Rename every finished `(temp, path)` pair into place: all of them, or none.
+
+    A rename is atomic for one file only, so files already at the final paths (an earlier run's)
+    are first moved aside to hidden names in their folders. If any step fails (KeyboardInterrupt
+    included), the files placed so far are removed, the old ones moved back and every temp
+    deleted before the exception propagates; an OSError then has `filename` set to the final
+    path it was handling, so that the caller can name it. On success the old files are deleted.
+    """
+    mode = _umask_mode()
+    aside: list[tuple[Path, Path]] = []  # (final path, hidden name its old file was moved to)
+    placed: list[Path] = []
+    current = Path()
+    try:
+        for temp, path in pairs:
+            current = Path(path)
+            os.chmod(temp, mode)
+            if os.path.lexists(current):
+                backup = temp_path_for(current)
+                try:
+                    os.replace(current, backup)
+                except BaseException:
+                    discard(backup)
+                    raise
+                aside.append((current, backup))
+        for temp, path in pairs:
+            current = Path(path)
+            os.replace(temp, current)
+            placed.append(current)
+    except BaseException as exc:
+        # best effort, each step on its own: an old file that cannot go back stays, hidden
+        for final in placed:
+            with contextlib.suppress(OSError):
+                final.unlink()
+        for final, backup in aside:
+            with contextlib.suppress(OSError):
+                os.replace(backup, final)
+        for temp, _ in pairs:
+            with contextlib.suppress(OSError):
+                discard(temp)
+        if isinstance(exc, OSError):
+            exc.filename, exc.filename2 = str(current), None
+        raise
+    for _, backup in aside:
+        discard(backup)
 
 
 def discard(temp: PathLike) -> None:

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator, Optional, Union
+from typing import IO, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -718,6 +718,21 @@ class AudioWriter:
             self.commit()
         else:
             self.abort()
+
+
+def commit_together(writers: Sequence[AudioWriter]) -> None:
+    """Close `writers` and rename all their files into place, or none of them.
+
+    For files that only make sense as a set (the stems of one track): a failure leaves every
+    final path as it was, an earlier run's files included, and raises an AudioError naming the
+    file that could not be placed.
+    """
+    for writer in writers:
+        writer.close()
+    try:
+        atomic.commit_all([(writer.temp, writer.path) for writer in writers])
+    except OSError as exc:
+        raise write_error(Path(exc.filename), exc) from None
 
 
 def write_audio(

@@ -431,7 +431,8 @@ def load_model(
     """Load a model by name (downloading it on first use), from a file path, or from `repo`.
 
     None means the embedded default model. A path to an existing file loads that file; with
-    `repo`, names are looked up in that folder and nothing is downloaded.
+    `repo`, names are looked up in that folder and nothing is downloaded (a file path and a
+    `repo` together are refused).
     """
     from stemsplit.checkpoint import load_checkpoint
 
@@ -440,6 +441,9 @@ def load_model(
     text = str(name_or_path)
     path = Path(text)
     if path.is_file():
+        if repo is not None:  # loading the file would silently ignore the repository
+            raise ModelError(f"{path} is a checkpoint file, and --repo {repo} looks up model names: "
+                             "give one or the other")
         return load_checkpoint(path)
     if repo is not None:
         return _load_from_repo(text, Path(repo))

@@ -190,8 +190,8 @@ def separate(
                                         "default: the embedded model."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="Load the model from this checkpoint file.",
                                               dir_okay=False),
-    repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look names up in "
-                                        "(nothing is downloaded).", file_okay=False),
+    repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look -n names up in "
+                                        "(nothing is downloaded); not with --model-path.", file_okay=False),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
     filename: str = typer.Option(_TEMPLATE, "--filename", help="Output path template inside --out, with "
                                  "{model} {track} {stem} {ext}."),
@@ -212,7 +212,8 @@ def separate(
     device: str = typer.Option("auto", "-d", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, "
                                "cuda:N or mps."),
     segment: Optional[float] = typer.Option(None, "--segment", metavar="SECONDS",
-                                            help="Segment length in seconds (default: the model's)."),
+                                            help="Segment length in seconds (default: the model's). Longer than "
+                                                 "the track is fine: memory follows the track's length."),
     overlap: float = typer.Option(0.25, "--overlap", help="Overlap between segments, in [0, 1)."),
     shifts: int = typer.Option(0, "--shifts", min=0, help="Average N randomly shifted passes (slower, "
                                "slightly better; deterministic, see --seed)."),
@@ -229,17 +230,18 @@ def separate(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print model and settings details."),
 ) -> None:
     """Separate songs into stems: `stemsplit separate song.mp3` (or just `stemsplit song.mp3`)."""
-    import json
-    import sys
-
     if model is not None and model_path is not None:
         raise _fail("use either -n/--model or --model-path, not both", 2)
+    if repo is not None and model_path is not None:  # --repo looks names up; a file needs no lookup
+        raise _fail("use either --repo (with -n/--model) or --model-path, not both", 2)
+    if repo is not None and model is None:  # the embedded default would silently ignore it
+        raise _fail("--repo looks up the model named by -n/--model: give -n NAME too", 2)
     if quiet and verbose:
         raise _fail("use either -q/--quiet or -v/--verbose, not both", 2)
     if stems is not None and two_stems is not None:
         raise _fail("use either --stems or --two-stems, not both", 2)
     fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
-    if segment is not None and segment <= 0:
+    if segment is not None and not segment > 0:  # (NaN too)
         raise _fail(f"--segment must be a positive number of seconds, got {segment}", 2)
     if not 0 <= overlap < 1:
         raise _fail(f"--overlap must be in [0, 1), got {overlap}", 2)
@@ -273,7 +275,7 @@ def separate(
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
                                   show=not (as_json or quiet))
     except StemsplitError as exc:
-        raise _fail(exc, 1) from None
+        raise _cannot_start(exc, tracks, label, out, as_json) from None
     try:
         output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
     except ModelError as exc:
@@ -282,7 +284,7 @@ def separate(
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
     except StemsplitError as exc:
-        raise _fail(exc, 1) from None
+        raise _cannot_start(exc, tracks, label, out, as_json) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
                             keep_samplerate=keep_samplerate)
     if verbose and not as_json:
@@ -299,17 +301,37 @@ def separate(
                                  two_stems=two_stems, options=options, overwrite=overwrite, on_event=display)
     finally:
         display.close()
-    failed = sum(r.status == "failed" for r in records)
     if as_json:
-        summary = {
-            "model": label, "out": str(out),
-            "ok": sum(r.status == "ok" for r in records),
-            "skipped": sum(r.status == "skipped" for r in records),
-            "failed": failed, "tracks": [r.as_dict() for r in records],
-        }
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    if failed:
+        _print_summary(label, out, records)
+    if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
+
+
+def _print_summary(label: str, out: Path, records: list, error: Optional[str] = None) -> None:
+    """The --json document on stdout: counts, one record per track, and `error` for a run that
+    could not start, so that a script reading stdout gets a document whatever happened."""
+    import json
+    import sys
+
+    summary = {
+        "model": label, "out": str(out),
+        "ok": sum(r.status == "ok" for r in records),
+        "skipped": sum(r.status == "skipped" for r in records),
+        "failed": sum(r.status == "failed" for r in records),
+        "tracks": [r.as_dict() for r in records],
+    }
+    if error is not None:
+        summary["error"] = error
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+
+
+def _cannot_start(error: Exception, tracks: list, label: str, out: Path, as_json: bool) -> "typer.Exit":
+    """Report a run that failed before any track (the model or the device): every track failed."""
+    if as_json:
+        from stemsplit.batch import TrackRecord
+
+        _print_summary(label, out, [TrackRecord(t.input, error=t.error or str(error)) for t in tracks], str(error))
+    return _fail(error, 1)
 
 
 # ---- models (issue 3) ---------------------------------------------------------------------------

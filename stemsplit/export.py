@@ -20,7 +20,8 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from stemsplit.audio import AudioWriter, SpooledAudio, StreamResampler, spool_audio, temp_path_for, write_error
+from stemsplit.audio import (AudioWriter, SpooledAudio, StreamResampler, commit_together, spool_audio, temp_path_for,
+                             write_error)
 from stemsplit.errors import ModelError
 from stemsplit.separate import Separator
 
@@ -232,10 +233,7 @@ def _separate_spooled(
                 writer.close()
                 spool.discard()
                 writers.append(writer)
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            writer.commit()
+        commit_together(writers)
     except BaseException:
         for item in opened:
             item.abort() if isinstance(item, AudioWriter) else item.discard()

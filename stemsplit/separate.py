@@ -14,6 +14,7 @@ progress goes through a callback.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,11 +82,16 @@ def _is_bag(model: nn.Module) -> bool:
     return hasattr(model, "models") and hasattr(model, "weights")
 
 
-def _triangle(length: int) -> torch.Tensor:
-    """Overlap-add weight: rises 1..L/2 then falls back to 1, peak normalised to 1."""
-    half = length // 2
-    ramp = torch.cat([torch.arange(1, half + 1), torch.arange(length - half, 0, -1)]).float()
-    return ramp / ramp.max()
+def _triangle(length: int, used: int) -> torch.Tensor:
+    """The first `used` samples of the overlap-add weight of a `length`-sample segment.
+
+    The weight rises 1..L/2 then falls back to 1, peak normalised to 1. No segment reaches past
+    the end of its lane, so only that much of it is made: a segment far longer than the track
+    costs no memory.
+    """
+    i = torch.arange(min(used, length))
+    ramp = torch.minimum(i + 1, length - i).float()
+    return ramp / (length - length // 2)
 
 
 def _mean_std(mix: Signal, block: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +184,9 @@ class Separator:
             `segment`; moved to `device` and put in eval mode.
         device: `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`.
         segment: seconds per segment (default: the model's own); fixed-length models (HTDemucs)
-            refuse a segment longer than their training length.
+            refuse a segment longer than their training length. Other models take any length,
+            `inf` included: one longer than the track covers it whole, and memory follows the
+            track's length, not this number.
         overlap: fraction of a segment shared with the next one, in [0, 1).
         shifts: number of random time shifts (up to 0.5 s) averaged; 0 disables the shift trick.
         seed: seeds the shifts, so the same call gives the same output every time.
@@ -211,8 +219,8 @@ class Separator:
             raise ModelError(f"shifts must be >= 0, got {shifts}")
         if batch_size < 1:
             raise ModelError(f"batch size must be >= 1, got {batch_size}")
-        if segment is not None and segment <= 0:
-            raise ModelError(f"segment must be positive, got {segment}")
+        if segment is not None and not segment > 0:  # (NaN too)
+            raise ModelError(f"segment must be a positive number of seconds, got {segment}")
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
@@ -262,11 +270,19 @@ class Separator:
         lanes = []
         for member, member_weights in zip(self.members, weights):
             seconds = float(self.segment if self.segment is not None else member.segment)
-            seg = int(self.samplerate * seconds)
+            max_shift = int(0.5 * self.samplerate)
+            samples = self.samplerate * seconds
+            if not has_fixed_segment(member):  # (a fixed one is never longer than its training length)
+                # From the length whose stride passes the end of the longest lane on, a longer
+                # segment only adds zero padding to one segment over the whole lane. Stop there, so
+                # that an absurd --segment (1e9, inf) neither overflows nor costs memory; never below
+                # the model's own segment, so default runs pad exactly as the reference does.
+                whole = math.ceil((length + max_shift) / (1 - self.overlap)) + 1
+                samples = min(samples, max(whole, self.samplerate * float(member.segment)))
+            seg = int(samples)
             stride = int((1 - self.overlap) * seg)
             if seg < 1 or stride < 1:
                 raise ModelError(f"segment of {seconds} s with overlap {self.overlap} is too short")
-            max_shift = int(0.5 * self.samplerate)
             # Draw every shift, even for members skipped below, so a seed means the same shifts.
             delays = [max_shift - rng.randint(0, max_shift) for _ in range(self.shifts)] or [0]
             if all(member_weights[k] == 0 for k in wanted):
@@ -279,7 +295,7 @@ class Separator:
                 offsets = [o for o in range(0, lane_length, stride) if o + seg > delay]
                 lanes.append(
                     _Lane(member, delay, lane_length, seg, pad_to, offsets, wanted, scale,
-                          base=delay, weight=_triangle(seg))
+                          base=delay, weight=_triangle(seg, lane_length))
                 )
         return lanes
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from stemsplit.atomic import atomic_path, commit, discard, temp_path_for
+from stemsplit.atomic import atomic_path, commit, commit_all, discard, temp_path_for
 
 
 @pytest.fixture
@@ -70,6 +70,55 @@ def test_a_failed_rename_removes_the_temporary_file(tmp_path):
     assert [p.name for p in target.iterdir()] == ["inside"]
 
 
+def _group(folder, names):
+    """Finished temporaries with new contents for `names` in `folder`, as (temp, final) pairs."""
+    pairs = []
+    for name in names:
+        temp = temp_path_for(folder / name)
+        temp.write_text(f"new {name}")
+        pairs.append((temp, folder / name))
+    return pairs
+
+
+def test_commit_all_places_every_file_and_replaces_older_ones(tmp_path):
+    (tmp_path / "b.txt").write_text("old b")
+    commit_all(_group(tmp_path, ["a.txt", "b.txt", "c.txt"]))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "a.txt": "new a.txt", "b.txt": "new b.txt", "c.txt": "new c.txt"}
+
+
+# 2 older files, 3 new ones: renames 1-2 move the older files aside, 3-5 place the new ones
+@pytest.mark.parametrize("failing", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+def test_commit_all_is_all_or_nothing(tmp_path, monkeypatch, failing, error):
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "c.txt").write_text("old c")
+    pairs = _group(tmp_path, ["a.txt", "b.txt", "c.txt"])
+    calls = {"n": 0}
+    replace = os.replace
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == failing:
+            raise error()
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(error):
+        commit_all(pairs)
+    monkeypatch.undo()
+    # the older files are back, nothing new is in place, and no temporary file is left
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a", "c.txt": "old c"}
+
+
+def test_commit_all_names_the_final_path_that_failed(tmp_path):
+    (tmp_path / "b.txt" / "inside").mkdir(parents=True)  # a non-empty folder cannot be replaced by a file
+    with pytest.raises(OSError) as caught:
+        commit_all(_group(tmp_path, ["a.txt", "b.txt"]))
+    assert caught.value.filename == str(tmp_path / "b.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
 @pytest.mark.parametrize("value, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_permissions_follow_the_umask(tmp_path, umask, value, expected):
@@ -78,6 +127,13 @@ def test_permissions_follow_the_umask(tmp_path, umask, value, expected):
     with atomic_path(target) as temp:
         temp.write_bytes(b"x")
     assert mode(target) == expected
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_commit_all_gives_umask_permissions(tmp_path, umask):
+    umask(0o022)
+    commit_all(_group(tmp_path, ["a.txt", "b.txt"]))
+    assert [mode(p) for p in sorted(tmp_path.iterdir())] == [0o644, 0o644]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")

@@ -205,6 +205,8 @@ def test_local_paths_and_repos_load_without_network(tmp_path, monkeypatch):
         catalog.load_model("other", repo=tmp_path)
     with pytest.raises(ModelError, match="not a folder"):
         catalog.load_model("mine", repo=tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="is a checkpoint file, and --repo .* looks up model names"):
+        catalog.load_model(tmp_path / "mine.safetensors", repo=tmp_path)  # not silently ignoring the repo
     with pytest.raises(ModelError, match="does not exist"):
         catalog.load_model(str(tmp_path / "missing.th"))
     with pytest.raises(ModelError, match="is a folder"):

@@ -111,12 +111,47 @@ def test_two_stems_template_format_and_rate_options(tmp_path, audio_dir, tiny_ch
         (["--overlap", "1.0"], "--overlap"),
         (["--mp3-bitrate", "100"], "not an MP3 bitrate"),
         (["--format", "ogg"], "ogg"),
+        (["--repo", "."], "use either --repo (with -n/--model) or --model-path, not both"),
+        (["--segment", "nan"], "--segment must be a positive number of seconds, got nan"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, audio_dir, tiny_checkpoint, extra, message):
     result = run_cli(str(audio_dir / "stereo.wav"), "--model-path", str(tiny_checkpoint), *extra, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
+    assert not (tmp_path / "separated").exists()
+
+
+def test_repo_without_a_model_name_is_a_usage_error(tmp_path, audio_dir):
+    """Without -n the embedded default model was loaded and --repo silently ignored."""
+    result = run_cli(str(audio_dir / "stereo.wav"), "--repo", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "--repo looks up the model named by -n/--model: give -n NAME too" in result.stderr
+    assert not (tmp_path / "separated").exists()
+
+
+def test_a_segment_longer_than_the_track_covers_it_whole(tmp_path, audio_dir, tiny_checkpoint):
+    result = run_cli(str(audio_dir / "stereo.wav"), "--model-path", str(tiny_checkpoint), "--segment", "1e9",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sf.info(tmp_path / "separated" / "tiny" / "stereo" / "vocals.wav").frames == int(1.2 * 44100)
+
+
+@pytest.mark.parametrize("setup", [["--model-path", "missing.safetensors"], ["--model-path", "corrupt.safetensors"],
+                                   ["-n", "no-such-model"], ["--model-path", "tiny.safetensors", "-d", "tpu"]],
+                         ids=["missing", "corrupt", "unknown-name", "unknown-device"])
+def test_a_run_that_cannot_start_still_gives_a_json_document(tmp_path, audio_dir, tiny_checkpoint, setup):
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a checkpoint" * 10)
+    shutil.copy(tiny_checkpoint, tmp_path / "tiny.safetensors")
+    result = run_cli(str(audio_dir / "stereo.wav"), "missing.wav", *setup, "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    error = summary["error"]
+    assert result.stderr.strip() == f"error: {error}"  # the same cause, as one line on stderr
+    assert summary["ok"] == summary["skipped"] == 0 and summary["failed"] == 2
+    assert [(t["input"], t["status"]) for t in summary["tracks"]] == [(str(audio_dir / "stereo.wav"), "failed"),
+                                                                      ("missing.wav", "failed")]
+    assert summary["tracks"][0]["error"] == error and "no such file" in summary["tracks"][1]["error"]
     assert not (tmp_path / "separated").exists()
 
 

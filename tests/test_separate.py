@@ -42,6 +42,27 @@ def test_shorter_than_a_segment_and_silence_work():
     assert torch.isfinite(silent).all() and silent.abs().max() == 0
 
 
+@pytest.mark.parametrize("segment", [1e9, 1e300, float("inf")])
+@pytest.mark.parametrize("shifts", [0, 2])
+def test_a_segment_longer_than_the_track_covers_it_whole(segment, shifts):
+    """The weight was allocated at the requested length: 1e9 s asked for terabytes."""
+    model = GainModel()
+    mix = _mix(1.5)
+    out = Separator(model, device="cpu", segment=segment, shifts=shifts).separate_tensor(mix)
+    assert (out - gain_expected(model, mix)).abs().max() < 1e-6
+    assert model.calls == max(shifts, 1)  # one forward pass over the whole track per shift
+    network = tiny_demucs(samplerate=8000)
+    whole = Separator(network, device="cpu", segment=60).separate_tensor(mix)  # one segment already
+    torch.testing.assert_close(Separator(network, device="cpu", segment=segment).separate_tensor(mix), whole)
+
+
+def test_a_segment_that_is_no_number_of_seconds_is_refused():
+    with pytest.raises(ModelError, match="segment must be a positive number of seconds, got nan"):
+        Separator(GainModel(), device="cpu", segment=float("nan"))
+    with pytest.raises(ModelError, match="longer than"):  # a fixed-length model keeps its own limit
+        Separator(GainModel(padding="fixed"), device="cpu", segment=float("inf"))
+
+
 def test_non_finite_mix_is_refused():
     mix = _mix(0.5)
     mix[0, 10] = float("nan")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 import soundfile as sf
@@ -114,6 +115,39 @@ def test_disk_full_mid_track_leaves_no_files(tmp_path, monkeypatch, clip):
         separate_file(src, Separator(model, device="cpu"), _targets(out, model.sources), OutputOptions(clip=clip))
     assert sorted(p.name for p in out.iterdir()) == ["drums.wav"]
     assert (out / "drums.wav").read_bytes() == b"old"
+
+
+# Over an earlier run's 4 stems, renames 1-4 move them aside and 5-8 place the new ones;
+# into an empty folder, renames 1-4 place the new stems.
+@pytest.mark.parametrize("earlier, failing", [(True, 1), (True, 4), (True, 5), (True, 6), (True, 8),
+                                              (False, 1), (False, 2), (False, 4)])
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+def test_a_failed_rename_keeps_the_stem_set_whole(tmp_path, monkeypatch, earlier, failing, error):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.5, 8000, 2), 8000)
+    out = tmp_path / "out"
+    targets = _targets(out, GainModel().sources)
+    if earlier:
+        separate_file(src, Separator(GainModel(gains=(0.1, 0.2, 0.3, 0.4)), device="cpu"), targets, OutputOptions())
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if earlier else {}
+    calls = {"n": 0}
+    replace = os.replace
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == failing:
+            raise error(errno.EACCES, "Permission denied") if error is OSError else error()
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    model = GainModel(gains=(0.4, 0.3, 0.2, 0.1))  # other stems than the earlier run's
+    with pytest.raises(AudioError if error is OSError else KeyboardInterrupt) as caught:
+        separate_file(src, Separator(model, device="cpu"), targets, OutputOptions())
+    monkeypatch.undo()
+    if error is OSError:  # one line naming the stem file that could not be placed
+        assert any(str(caught.value) == f"{path}: cannot write (Permission denied)" for path in targets.values())
+    after = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+    assert after == before  # the earlier stems byte for byte (or none), and no hidden file
 
 
 def test_interrupt_during_separation_leaves_no_files(tmp_path):

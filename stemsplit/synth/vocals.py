@@ -77,6 +77,7 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
     bar = 0
     current = int(center)
     motif: list[tuple[int, int]] | None = None
+    motif_bars = 0
     motif_pitches: list[int] = []
     motif_words: list[Syllable] = []
     vocab = _vocabulary(rng, speech=False, scat=plan.style == "jazz" and rng.random() < 0.35)
@@ -90,10 +91,15 @@ def sung_line(rng: np.random.Generator, plan: Plan, singer: Singer,
         repeat = motif is not None and rng.random() < 0.6  # songs repeat their phrases
         if not repeat:
             motif = _rhythm(rng, plan, phrase_bars, slow)
+            motif_bars = phrase_bars
             motif_pitches = []
             motif_words = _lyrics(rng, vocab, len(motif))
-        elif rng.random() < 0.5:
-            motif_words = _lyrics(rng, vocab, len(motif))  # same tune, new words
+        else:
+            # A repeat spans the bars its rhythm was written for; a shorter span would let the
+            # next phrase start under its last notes (and phrases render out of time order).
+            phrase_bars = motif_bars
+            if rng.random() < 0.5:
+                motif_words = _lyrics(rng, vocab, len(motif))  # same tune, new words
         rhythm, syllables = motif, motif_words
         pitches: list[int] = []
         prev_end: float | None = None
