@@ -591,7 +591,15 @@ def train(
 
     try:
         values = load_yaml(config) if config else {}
-        aug = dict(values.pop("augment", None) or {})
+
+        def mapping(key: str) -> dict:
+            """The config file's `key` section, for flags to add to; anything but a mapping is refused."""
+            found = values.get(key) or {}
+            if not isinstance(found, dict):
+                raise ConfigError(f"{config}: {key!r} must be a mapping")
+            return dict(found)
+
+        aug = mapping("augment")
         flags = {
             "out_dir": out, "architecture": arch, "init": init, "freeze_encoder": freeze_encoder, "musdb": musdb,
             "valid": valid, "musdb_weight": musdb_weight, "synth_weight": synth_weight, "segment": segment,
@@ -607,9 +615,9 @@ def train(
         aug.update({k: v for k, v in aug_flags.items() if v is not None})
         values["augment"] = aug
         if kw:
-            values["model_kwargs"] = {**(values.get("model_kwargs") or {}), **parse_assignments(kw, "--kw")}
+            values["model_kwargs"] = {**mapping("model_kwargs"), **parse_assignments(kw, "--kw")}
         if source_weight:
-            values["source_weights"] = {**(values.get("source_weights") or {}),
+            values["source_weights"] = {**mapping("source_weights"),
                                         **parse_assignments(source_weight, "--source-weight")}
         cfg = make_config(values, config or "flags")
     except ConfigError as exc:
@@ -676,7 +684,7 @@ def evaluate(
     overlap: float = typer.Option(0.25, "--overlap"),
     shifts: int = typer.Option(0, "--shifts"),
     batch_size: int = typer.Option(1, "--batch-size"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
 ) -> None:
     """Score a model on a MUSDB-style folder (hidden; see the README's advanced section)."""
     from rich.console import Console

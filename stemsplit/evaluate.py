@@ -50,18 +50,19 @@ class Evaluation:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (undefined scores become null)."""
+        """Plain JSON: undefined scores become null, and so do infinite ones (BSSEval gives +inf
+        for an estimate without error), because JSON has no infinity and `Infinity` breaks parsers."""
 
         def clean(value: Any) -> Any:
             if isinstance(value, dict):
                 return {k: clean(v) for k, v in value.items()}
-            return None if isinstance(value, float) and math.isnan(value) else value
+            return None if isinstance(value, float) and not math.isfinite(value) else value
 
         return {"metrics": list(self.metrics), "sources": self.sources, "tracks": clean(self.tracks),
                 "aggregate": clean(self.aggregate())}
 
     def write_json(self, path: Path) -> None:
-        _atomic_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        _atomic_text(Path(path), json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
 
     def write_csv(self, path: Path) -> None:
         """One row per (track, source) and one per aggregate statistic; empty cells are undefined."""

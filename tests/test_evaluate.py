@@ -77,6 +77,10 @@ def test_aggregate_skips_undefined_scores_and_files_use_null(tmp_path):
     assert rows[0] == ["track", "source", "usdr", "sdr"]
     assert rows[1] == ["t0", "a", "1.0000", ""]
     assert ["<median>", "a", "3.0000", "3.0000"] in rows
+    result.tracks["t1"]["a"]["sdr"] = math.inf  # a perfect estimate: JSON has no Infinity, so null
+    result.write_json(tmp_path / "s.json")
+    data = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["tracks"]["t1"]["a"]["sdr"] is None and data["aggregate"]["a"]["sdr"]["mean"] is None
     blocked = tmp_path / "s.json" / "x.csv"  # inside a file: an OSError, reported as a one-line error
     with pytest.raises(StemsplitError, match="x.csv: cannot write the scores"):
         result.write_csv(blocked)
@@ -99,3 +103,7 @@ def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):
         [sys.executable, "-m", "stemsplit", "evaluate", str(tmp_path / "no[red]where"), "--model-path",
          str(tmp_path / "tiny.safetensors")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "no[red]where" in missing.stderr  # a path, not rich markup
+    threads = subprocess.run(  # torch.set_num_threads(-1) was a traceback
+        [sys.executable, "-m", "stemsplit", "evaluate", str(root), "--model-path", str(tmp_path / "tiny.safetensors"),
+         "--threads", "-1"], capture_output=True, text=True, timeout=120)
+    assert threads.returncode == 2 and "--threads" in threads.stderr and "Traceback" not in threads.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_train_data import RATE, write_musdb, write_track
 
+from stemsplit.checkpoint import read_metadata
 from stemsplit.train.config import ConfigError, make_config
 from stemsplit.train.trainer import train
 
@@ -142,6 +143,42 @@ def test_cli_train_with_yaml_config(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["steps"] == 2 and saved["augment"]["remix"] is False and saved["augment"]["pitch"] == 1
 
+
+
+def test_a_new_run_in_a_used_folder_starts_its_own_log(tmp_path):
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    cfg = _config(tmp_path, musdb=root, steps=2, checkpoint_every=2, valid_every=2)
+    _losses(cfg)
+    _losses(cfg)  # the same folder again, without --resume: it was appended after the first run's curve
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in records] == [("step", 1), ("step", 2), ("valid", 2), ("checkpoint", 2)]
+
+
+def test_a_nan_validation_is_never_the_best(tmp_path, monkeypatch):
+    """A NaN first score became `best`, and nothing compares greater than NaN: best.safetensors
+    stayed at that step for the rest of the run."""
+    from stemsplit.train import trainer
+
+    means = iter([float("nan"), 1.0, 0.5])
+    monkeypatch.setattr(trainer, "validate", lambda *args: {"mean": next(means)})
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    cfg = _config(tmp_path, musdb=root, steps=6, checkpoint_every=2, valid_every=2)
+    records: list = []
+    train(cfg, progress=records.append)
+    valid = [(r["step"], r["best"]) for r in records if r["event"] == "valid"]
+    assert valid == [(2, None), (4, 1.0), (6, 1.0)]
+    assert read_metadata(tmp_path / "run" / "best.safetensors")["training"]["step"] == 4
+
+
+def test_cli_train_refuses_a_config_section_that_is_not_a_mapping(tmp_path):
+    config = tmp_path / "run.yaml"
+    for text in ("augment: [remix]\n", "model_kwargs: [8]\n"):  # was a ValueError/TypeError traceback
+        config.write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "stemsplit", "train", "--config", str(config), "--musdb", str(tmp_path),
+             "--kw", "channels=8", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error:") and "must be a mapping" in result.stderr
 
 def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path):
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)

@@ -49,6 +49,9 @@ def test_scan_reads_tracks_and_split(tmp_path):
     assert [t.name for t in tracks] == ["train0", "train1"]
     assert tracks[0].frames == RATE // 2 and tracks[0].channels == 2
     assert split_roots(train_root) == (train_root, None)  # a plain folder of tracks is all training
+    (train_root / ".ipynb_checkpoints").mkdir()  # not tracks: they used to fail with "missing stem"
+    (train_root / "__MACOSX").mkdir()
+    assert [t.name for t in scan_folder(train_root, SOURCES, RATE)] == ["train0", "train1"]
 
 
 @pytest.mark.parametrize("problem", ["missing", "length", "rate", "unreadable", "channels"])

@@ -120,6 +120,31 @@ def test_yaml_and_assignments(tmp_path):
         load_yaml(path)
 
 
+
+@pytest.mark.parametrize("values, message", [
+    # silently trained on NaN losses to the end
+    ({"segment": 0}, "segment"), ({"segment": -1.5}, "segment"),
+    # crashed with a traceback once training had started to set up
+    ({"lr": -1}, "lr"), ({"augment": {"tempo": 1.0}}, "tempo"), ({"num_workers": -1}, "workers"),
+    ({"threads": -2}, "threads"), ({"betas": 0.9}, "betas"), ({"betas": [0.9, 1.5]}, "betas"),
+    ({"augment": {"gain_db": [0, "loud"]}}, "gain_db"), ({"source_weights": {"vocals": "loud"}}, "vocals"),
+    ({"source_weights": [1, 2]}, "source_weights"), ({"model_kwargs": "channels=8"}, "model_kwargs"),
+    ({"steps": None}, "steps"), ({"stft_ffts": [512, 0]}, "stft_ffts"), ({"sources": "vocals"}, "sources"),
+    # silently ignored or inverted
+    ({"augment": {"pitch": -2}}, "pitch"), ({"augment": {"shift": -1}}, "shift"),
+    ({"augment": {"noise_prob": 2}}, "noise_prob"), ({"source_weights": {"vocals": -1}}, "source weights"),
+    ({"warmup_steps": -5}, "warmup"), ({"clip_grad": -1}, "clip_grad"), ({"resume": "no"}, "resume"),
+])
+def test_out_of_range_or_wrong_kind_config_values_are_refused_up_front(values, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config({"musdb": "x", **values})
+
+
+def test_source_weights_that_are_all_zero_are_refused():
+    with pytest.raises(ConfigError, match="positive weight"):  # 0/0: every step's loss would be NaN
+        StemLoss(SOURCES, source_weights={s: 0 for s in SOURCES})
+    assert StemLoss(SOURCES, source_weights={"vocals": 0}).weights.tolist() == pytest.approx([1 / 3] * 3 + [0])
+
 def test_state_file_round_trip_refuses_pickled_objects(tmp_path):
     state = {"step": 3, "best": None, "rng": {"torch": torch.get_rng_state()}, "w": torch.arange(3.0),
              "nested": [1.5, {"x": "y"}]}

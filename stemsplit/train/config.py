@@ -126,6 +126,39 @@ class TrainConfig:
             raise ConfigError("remix needs a batch size of at least 2 (or switch it off with --no-remix)")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema decay {self.ema_decay}: expected 0 (off) or a value in (0, 1)")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values outside their range: a zero segment or all-zero source weights trained on NaN losses
+        to the end without a word, and a negative lr, --tempo 1 or --workers -1 crashed mid-setup."""
+        aug = self.augment
+        rules = [
+            (self.segment is None or self.segment > 0, "segment (--segment) must be a positive number of seconds"),
+            (self.lr > 0, "lr (--lr) must be positive"),
+            (all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
+            (self.samplerate > 0 and self.channels > 0, "samplerate and channels must be positive"),
+            (min(self.musdb_weight, self.synth_weight) >= 0, "data weights must not be negative"),
+            (self.num_workers >= 0, "num_workers (--workers) must not be negative"),
+            (self.threads is None or self.threads >= 0, "threads (--threads) must not be negative"),
+            (self.valid_excerpts >= 0, "valid_excerpts (--valid-excerpts) must not be negative"),
+            (self.warmup_steps >= 0, "warmup_steps (--warmup) must not be negative"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (0 < self.plateau_factor <= 1 and self.plateau_patience >= 0,
+             "plateau_factor must be in (0, 1] and plateau_patience not negative"),
+            (min(self.weight_decay, self.clip_grad, self.stft_weight) >= 0,
+             "weight_decay, clip_grad and stft_weight must not be negative"),
+            (all(n >= 4 for n in self.stft_ffts), "stft_ffts must be FFT sizes of at least 4"),
+            (all(w >= 0 for w in self.source_weights.values()), "source weights must not be negative"),
+            (0 <= aug.tempo < 1, "tempo (--tempo) must be in [0, 1): a stretch rate of 1 - tempo must stay positive"),
+            (aug.pitch >= 0 and aug.shift >= 0, "pitch (--pitch) and shift (--shift) must not be negative"),
+            (all(0 <= p <= 1 for p in (aug.pitch_prob, aug.tempo_prob, aug.noise_prob)),
+             "pitch_prob, tempo_prob and noise_prob must be probabilities in [0, 1]"),
+            (aug.gain_db[0] <= aug.gain_db[1] and aug.noise_db[0] <= aug.noise_db[1],
+             "gain_db and noise_db must be [low, high] with low <= high"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ConfigError(message)
 
 
 def _number(value: Any, kind: type, where: str) -> Any:
@@ -141,8 +174,19 @@ def _number(value: Any, kind: type, where: str) -> Any:
     return int(number) if kind is int else number
 
 
+def _numbers(value: Any, kind: str, where: str) -> tuple[Any, ...]:
+    """A tuple field: `tuple[float, float]` takes exactly two numbers, `tuple[int, ...]` one or more."""
+    item = float if "float" in kind else int
+    count = None if kind.endswith("...]") else kind.count(",") + 1
+    if not isinstance(value, (list, tuple)) or not value or (count is not None and len(value) != count):
+        wanted = f"{count} numbers" if count is not None else "a list of numbers"
+        raise ConfigError(f"{where}: expected {wanted}, got {value!r}")
+    return tuple(_number(v, item, where) for v in value)
+
+
 def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build dataclass `cls` from a mapping, converting lists to tuples/Paths where the field says so."""
+    """Build dataclass `cls` from a mapping, converting values to the field's type (numbers, tuples of
+    numbers, Paths) and refusing values of the wrong kind, so none reaches the trainer as a traceback."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -156,9 +200,19 @@ def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
             value = _coerce(AugmentConfig, value, f"{where}: augment")
         elif value is not None and "Path" in kind:
             value = Path(value)
-        elif isinstance(value, list) and kind.startswith("tuple"):
-            value = tuple(value)
-        elif value is not None and kind in ("float", "Optional[float]", "int", "Optional[int]"):
+        elif kind.startswith("tuple"):
+            value = _numbers(value, kind, f"{where}: {name}")
+        elif kind.startswith("dict"):
+            value = {} if value is None else value
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {name!r} must be a mapping")
+            if kind == "dict[str, float]":
+                value = {str(k): _number(v, float, f"{where}: {name}: {k}") for k, v in value.items()}
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name}: expected true or false, got {value!r}")
+        elif kind == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{where}: {name}: expected a list of names, got {value!r}")
+        elif kind in ("float", "int") or (value is not None and kind in ("Optional[float]", "Optional[int]")):
             value = _number(value, float if "float" in kind else int, f"{where}: {name}")
         kwargs[name] = value
     return cls(**kwargs)

@@ -76,7 +76,8 @@ def scan_folder(root: Path, stems: Sequence[str], samplerate: Optional[int] = No
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of tracks")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git) and macOS zip debris are not tracks
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
     if names is not None:
         by_name = {p.name: p for p in folders}
         missing = [n for n in names if n not in by_name]

@@ -65,6 +65,8 @@ class StemLoss:
         self.weights: Optional[torch.Tensor] = None
         if source_weights:
             raw = torch.tensor([float(source_weights.get(s, 1.0)) for s in sources])
+            if not raw.sum() > 0:  # 0/0 weights: every loss NaN, and training would go on regardless
+                raise ConfigError(f"source weights {dict(source_weights)} leave no source with a positive weight")
             self.weights = raw / raw.sum()
 
     def per_source(self, est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -219,6 +220,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
     segment = float(cfg.segment if cfg.segment is not None else model.segment)
     frames = int(round(segment * model.samplerate))
     data = _Data(cfg, model, frames)  # checks every file before anything else happens
@@ -233,7 +235,6 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio,
                         cfg.plateau_factor, cfg.plateau_patience)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
     bf16 = cfg.precision == "bf16" or (
         cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
@@ -262,6 +263,8 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             _truncate_log(out_dir / "log.jsonl", start)
+        else:  # a new run in a used folder: its log is its own curve, not appended to the old one
+            (out_dir / "log.jsonl").unlink(missing_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_jsonable(cfg), indent=2))
     log = _Log(out_dir / "log.jsonl" if dist.main else None, progress)
 
@@ -320,7 +323,8 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
                         scores = validate(model, data.valid, device, autocast)
                 scores = distributed.from_main(dist, scores)
                 schedule.observe(scores["mean"])
-                improved = best is None or scores["mean"] > best
+                # a NaN mean (non-finite output) is never best: as `best` it would beat nothing after it
+                improved = math.isfinite(scores["mean"]) and (best is None or scores["mean"] > best)
                 if improved:
                     best = scores["mean"]
                 log({"event": "valid", "step": done, "usdr": scores, "best": best})
