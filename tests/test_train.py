@@ -154,6 +154,15 @@ def test_a_new_run_in_a_used_folder_starts_its_own_log(tmp_path):
     assert [(r["event"], r["step"]) for r in records] == [("step", 1), ("step", 2), ("valid", 2), ("checkpoint", 2)]
 
 
+def test_a_segment_too_short_for_the_stft_loss_is_refused_up_front(tmp_path):
+    """torch.stft's padding error came mid-run as a traceback; it depends on the model's rate."""
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    cfg = _config(tmp_path, musdb=root, segment=0.1, stft_weight=1.0)  # 800 samples; the largest FFT is 2048
+    with pytest.raises(ConfigError, match="too short for the STFT loss of size 2048"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_nan_validation_is_never_the_best(tmp_path, monkeypatch):
     """A NaN first score became `best`, and nothing compares greater than NaN: best.safetensors
     stayed at that step for the rest of the run."""

@@ -223,6 +223,9 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
     segment = float(cfg.segment if cfg.segment is not None else model.segment)
     frames = int(round(segment * model.samplerate))
+    if cfg.stft_weight > 0 and frames <= max(cfg.stft_ffts) // 2:  # torch.stft's reflect padding needs more
+        raise ConfigError(f"segment of {segment} s ({frames} samples at {model.samplerate} Hz) is too short for "
+                          f"the STFT loss of size {max(cfg.stft_ffts)}: use a longer --segment or smaller stft_ffts")
     data = _Data(cfg, model, frames)  # checks every file before anything else happens
     if cfg.schedule == "plateau" and not data.valid:
         raise ConfigError("--schedule plateau needs validation data (a valid/ folder, --valid or synth)")
