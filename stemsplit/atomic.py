@@ -66,14 +66,12 @@ def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
     deleted before the exception propagates; an OSError then has `filename` set to the final
     path it was handling, so that the caller can name it. On success the old files are deleted.
     """
-    mode = _umask_mode()
     aside: list[tuple[Path, Path]] = []  # (final path, hidden name its old file was moved to)
     placed: list[Path] = []
     current = Path()
     try:
-        for temp, path in pairs:
+        for _, path in pairs:
             current = Path(path)
-            os.chmod(temp, mode)
             if os.path.lexists(current):
                 backup = temp_path_for(current)
                 try:
@@ -84,7 +82,7 @@ def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
                 aside.append((current, backup))
         for temp, path in pairs:
             current = Path(path)
-            os.replace(temp, current)
+            commit(temp, current)
             placed.append(current)
     except BaseException as exc:
         # best effort, each step on its own: an old file that cannot go back stays, hidden
