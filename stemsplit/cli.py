@@ -95,14 +95,17 @@ def _fail(message: object, code: int) -> "typer.Exit":
 
 
 def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
-    """Load a model; a first-use download shows a transient progress bar on stderr."""
-    if not show:
-        return load_model(name, repo=repo)
+    """Load a model; a first-use download shows a transient progress bar on stderr when that is a
+    terminal (elsewhere a transient bar cannot erase itself and would leave a blank line)."""
     from rich.console import Console
+
+    console = Console(stderr=True)
+    if not (show and console.is_terminal):
+        return load_model(name, repo=repo)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
+                  TransferSpeedColumn(), console=console, transient=True) as bar:
         tasks: dict = {}
 
         def report(file: str, done: int, total: Optional[int]) -> None:

@@ -155,6 +155,13 @@ def test_a_run_that_cannot_start_still_gives_a_json_document(tmp_path, audio_dir
     assert not (tmp_path / "separated").exists()
 
 
+def test_a_model_that_cannot_load_is_exactly_one_error_line(tmp_path, audio_dir):
+    """The download bar used to leave a blank line on a piped stderr before the error."""
+    result = run_cli(str(audio_dir / "stereo.wav"), "--model-path", "missing.safetensors", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+
+
 def test_unwritable_output_folder_fails_the_track(tmp_path, audio_dir, tiny_checkpoint):
     (tmp_path / "blocked").write_text("a file where the output folder should be")
     result = run_cli(str(audio_dir / "mono.wav"), "--model-path", str(tiny_checkpoint), "-o", "blocked",

@@ -204,3 +204,12 @@ def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3]  # rank 0 alone writes
     assert [r["step"] for r in records if r["event"] == "checkpoint"] == [3]
+
+
+def test_world_size_without_rank_is_a_clear_error(monkeypatch):
+    from stemsplit.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK is not set"):
+        distributed.setup("cpu")

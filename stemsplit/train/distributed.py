@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from stemsplit.train.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -47,6 +49,8 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), pick_device(device_name)
+    if "RANK" not in os.environ:
+        raise ConfigError(f"WORLD_SIZE is {world} but RANK is not set: start multi-process training with torchrun")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = pick_device(device_name, local_rank)
@@ -57,8 +61,13 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local_rank), device
 
 
-def teardown(dist: Dist) -> None:
+def teardown(dist: Dist, finished: bool) -> None:
+    """End the process group. After a finished run every rank waits for the others first, so none
+    tears down gloo's connections while a peer is still using them (which can abort that peer);
+    after a failure there is no waiting, since a failed peer may never arrive."""
     if dist.active and torch_dist.is_initialized():
+        if finished:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 

@@ -209,10 +209,13 @@ def train(cfg: TrainConfig, progress: Optional[Progress] = None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist, device = distributed.setup(cfg.device)
+    finished = False
     try:
-        return _train(cfg, progress if dist.main else None, dist, device)
+        best = _train(cfg, progress if dist.main else None, dist, device)
+        finished = True
+        return best
     finally:
-        distributed.teardown(dist)
+        distributed.teardown(dist, finished)
 
 
 def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dist, device: torch.device) -> Path:
