@@ -43,6 +43,7 @@ AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 OUTPUT_FORMATS = ("wav", "flac", "mp3")
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+MP3_SAMPLERATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1, 2 and 2.5
 
 _BLOCK_FRAMES = 1 << 18  # frames decoded per read: bounds the transient memory of decoding
 # julius builds a (new, 2 * width + old) kernel for the reduced ratio old:new; past this many
@@ -138,11 +139,12 @@ class _Source:
 
     samplerate: int
     channels: int
-    frames: Optional[int]  # None when the decoder cannot tell in advance (ffmpeg pipes)
+    frames: Optional[int]  # None when not known in advance (ffmpeg pipes, MP3s without a length header)
     blocks: Iterator[np.ndarray]
     close: Callable[[], None]
 
 
+_FFMPEG_TAG = re.compile(r"^\s*\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*")
 _DECLARED_SIZE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
@@ -181,16 +183,45 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+class _Unrecognised(AudioError):
+    """libsndfile does not know the content at all (as opposed to a known but damaged file)."""
+
+
+def _mp3_length_is_known(path: Path) -> bool:
+    """Whether an MP3 announces its length: a Xing, Info or VBRI header in its first frame.
+
+    Without one, libsndfile's frame count is mpg123's guess from the file size and the first
+    frame's bitrate: larger than the truth for most constant-bitrate files (which would then look
+    truncated) and smaller for some variable-bitrate ones, and libsndfile never reads past it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+        start = 0
+        if len(head) == 10 and head[:3] == b"ID3":  # skip the ID3v2 tag (size is 4 x 7 bits)
+            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+            start = 10 + size + (10 if head[5] & 0x10 else 0)  # flag 0x10: a footer follows
+        handle.seek(start)
+        frame = handle.read(64)  # the headers sit at most 36 bytes into the first frame
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 def _soundfile_source(path: Path) -> _Source:
+    """Open `path` with libsndfile; `_Unrecognised` when libsndfile does not know the content.
+
+    The source's `frames` is None for an MP3 without a length header (see `_mp3_length_is_known`):
+    it is then read to its end, and if libsndfile stops exactly at its guess an AudioError says
+    that the rest could not be read, rather than the track being silently cut short.
+    """
     try:
         with _native_stderr_silenced():
             handle = sf.SoundFile(str(path))
     except (sf.SoundFileError, RuntimeError):
-        raise AudioError(f"{path}: not a recognised audio file (unknown format or corrupted header)") from None
+        raise _Unrecognised(f"{path}: not a recognised audio file (unknown format or corrupted header)") from None
     truncated = _truncation(handle)
     if truncated is not None:
         handle.close()
         raise AudioError(f"{path}: truncated or corrupted file ({truncated})")
+    guessed = handle.format == "MP3" and not _mp3_length_is_known(path)
 
     def blocks() -> Iterator[np.ndarray]:
         with handle:
@@ -206,12 +237,17 @@ def _soundfile_source(path: Path) -> _Source:
                 yield data
                 if data.shape[0] < _BLOCK_FRAMES:
                     break
-            if handle.frames > 0 and read < handle.frames:
+            if guessed and read == handle.frames:
+                raise AudioError(
+                    f"{path}: this MP3 has no length header and libsndfile cannot read past its "
+                    f"estimate of {read} frames; install ffmpeg to decode it whole (or re-encode it)"
+                )
+            if not guessed and handle.frames > 0 and read < handle.frames:
                 raise AudioError(
                     f"{path}: truncated or corrupted file (decoded {read} of {handle.frames} frames)"
                 )
 
-    return _Source(handle.samplerate, handle.channels, handle.frames, blocks(), handle.close)
+    return _Source(handle.samplerate, handle.channels, None if guessed else handle.frames, blocks(), handle.close)
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -242,10 +278,15 @@ def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
         proc.stdout.close()
         errlog.close()
 
+    def errors() -> list[str]:
+        """ffmpeg's error lines (it runs with `-v error`), without their `[demuxer @ 0x...]` tags."""
+        errlog.seek(0)
+        text = errlog.read().decode("utf-8", "replace")
+        return [_FFMPEG_TAG.sub("", ln).strip() for ln in text.splitlines() if ln.strip()]
+
     def failure(what: str) -> AudioError:
         stop()  # its error log is complete only once it has exited
-        errlog.seek(0)
-        lines = [ln.strip() for ln in errlog.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        lines = errors()
         close()
         cause = lines[-1] if lines else what
         return AudioError(f"{path}: not a readable audio file (ffmpeg: {cause})")
@@ -278,7 +319,9 @@ def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
                     yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
                 if len(data) < _BLOCK_FRAMES * frame_bytes:
                     break
-            if proc.wait() != 0:
+            # ffmpeg exits with 0 from a truncated or damaged file (a cut download, "File ended
+            # prematurely") after decoding what it could: any error it reported fails the file
+            if proc.wait() != 0 or errors():
                 raise failure(f"exit status {proc.returncode}")
         finally:
             close()
@@ -292,20 +335,32 @@ def _open_source(path: Path) -> _Source:
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
     suffix = path.suffix.lower()
-    if suffix in SOUNDFILE_EXTENSIONS:
-        return _soundfile_source(path)
-    if suffix not in FFMPEG_EXTENSIONS:  # unknown extension: libsndfile may still know the format
+    refused: Optional[AudioError] = None  # libsndfile's verdict on a file it does not know
+    if suffix not in FFMPEG_EXTENSIONS:  # extensions lie (an AAC named .mp3): ffmpeg gets a turn
         try:
-            return _soundfile_source(path)
-        except AudioError:
-            pass
+            source = _soundfile_source(path)
+        except _Unrecognised as exc:
+            refused = exc
+        else:
+            if source.frames is not None or shutil.which("ffmpeg") is None:
+                return source
+            source.close()  # an MP3 whose length libsndfile can only guess: ffmpeg reads it whole
     ffmpeg = shutil.which("ffmpeg")
+    # for a file that should have been audio, an error in libsndfile's words when ffmpeg fails too
+    fallback = refused if suffix in SOUNDFILE_EXTENSIONS else None
     if ffmpeg is None:
+        if fallback is not None:
+            raise fallback
         raise AudioError(
             f"{path}: cannot decode {suffix or 'extension-less'} files without ffmpeg; install ffmpeg "
             "and make sure it is on PATH (or convert the file to wav/flac/mp3)"
         )
-    return _ffmpeg_source(path, ffmpeg)
+    try:
+        return _ffmpeg_source(path, ffmpeg)
+    except AudioError:
+        if fallback is not None:
+            raise fallback from None
+        raise
 
 
 def _convert_channels(block: torch.Tensor, channels: Optional[int], path: Path) -> torch.Tensor:
@@ -597,6 +652,17 @@ def output_subtype(fmt: str, bit_depth: int) -> str:
         allowed = "/".join(str(b) for b in table[fmt])
         raise ValueError(f"{fmt} cannot be written with bit depth {bit_depth} (use {allowed})")
     return table[fmt][bit_depth]
+
+
+def encodable_samplerate(fmt: str, samplerate: int) -> int:
+    """The rate to write a `fmt` file at for a signal at `samplerate`.
+
+    wav and flac take any rate. MP3 knows only `MP3_SAMPLERATES`, so a 96 kHz track cannot keep
+    its rate there: it gets the highest MP3 rate not above its own (48 kHz), or 8 kHz below that.
+    """
+    if fmt != "mp3":
+        return samplerate
+    return max((rate for rate in MP3_SAMPLERATES if rate <= samplerate), default=MP3_SAMPLERATES[0])
 
 
 def mp3_compression_level(bitrate: int) -> float:

@@ -20,8 +20,8 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from stemsplit.audio import (AudioWriter, SpooledAudio, StreamResampler, commit_together, spool_audio, temp_path_for,
-                             write_error)
+from stemsplit.audio import (AudioWriter, SignalFile, SpooledAudio, StreamResampler, commit_together,
+                             encodable_samplerate, spool_audio, temp_path_for, write_error)
 from stemsplit.errors import ModelError
 from stemsplit.separate import Separator
 
@@ -168,10 +168,18 @@ def _separate_spooled(
 ) -> TrackResult:
     """Separate an already decoded input and write its stems (see `separate_file`)."""
     wanted = [two_stems] if two_stems is not None else [s for s in targets]
-    out_rate = loaded.native_samplerate if options.keep_samplerate else separator.samplerate
+    wished = loaded.native_samplerate if options.keep_samplerate else separator.samplerate
+    out_rate = encodable_samplerate(options.fmt, wished)  # mp3 cannot hold 96 kHz, say
     mono = loaded.native_channels == 1
     channels = 1 if mono else separator.audio_channels
-    mixture = loaded.native if loaded.native is not None else loaded.signal  # at out_rate
+    # no_STEM is the mixture minus STEM at the output rate when the mixture is at hand there (so
+    # the pair sums back to the input exactly); otherwise it is made at the model's rate and
+    # resampled with STEM
+    mixture: Optional[SignalFile] = None
+    if out_rate == loaded.native_samplerate and loaded.native is not None:
+        mixture = loaded.native
+    elif out_rate == separator.samplerate:
+        mixture = loaded.signal
     names = list(targets)
     spooled = options.clip == "rescale"
     opened: list = []  # every spool and writer created, so that any failure can remove them all
@@ -194,15 +202,19 @@ def _separate_spooled(
         written = 0
         peak = 0.0
 
+        def with_rest(block: torch.Tensor, mix: SignalFile, start: int) -> torch.Tensor:
+            """`(1, channels, n)` STEM -> STEM and no_STEM, `mix` read from frame `start`."""
+            rest = mix[:, start : start + block.shape[-1]][:channels] - block[0]
+            return torch.stack([block[0], rest])
+
         def emit(block: torch.Tensor) -> None:
             """Write `(stems, channels, n)` at the output rate to the sinks."""
             nonlocal written, peak
             n = block.shape[-1]
             if n == 0:
                 return
-            if two_stems is not None:
-                rest = mixture[:, written : written + n][:channels] - block[0]
-                block = torch.stack([block[0], rest])
+            if two_stems is not None and mixture is not None:
+                block = with_rest(block, mixture, written)
             if options.clip == "clamp":
                 block = block.clamp(-1.0, 1.0)
             peak = max(peak, float(block.abs().max()))
@@ -210,10 +222,13 @@ def _separate_spooled(
                 sink.write(stem)
             written += n
 
-        stems_count = len(wanted)
-        for _, block in separator.stream(loaded.signal, wanted):
+        rest_first = two_stems is not None and mixture is None
+        stems_count = len(names) if rest_first else len(wanted)
+        for start, block in separator.stream(loaded.signal, wanted):
             if mono:
                 block = block.mean(1, keepdim=True)
+            if rest_first:
+                block = with_rest(block, loaded.signal, start)
             emit(resampler.push(block.flatten(0, 1)).unflatten(0, (stems_count, channels)))
         emit(resampler.flush().reshape(stems_count, channels, -1))
         if out_rate == loaded.native_samplerate and written < loaded.native_frames:

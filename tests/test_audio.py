@@ -184,6 +184,74 @@ def test_without_ffmpeg_other_containers_get_a_clear_error(tmp_path, monkeypatch
         read_audio(path)
 
 
+def _mp3_without_length_header(path, data, mode):
+    """An MP3 as many encoders, rippers and cutters leave them: no Xing/Info header with its length."""
+    sf.write(path, data, 44100, format="MP3", bitrate_mode=mode, compression_level=0.5)
+    raw = path.read_bytes()
+    head = raw[:200].replace(b"Xing", b"Junk", 1).replace(b"Info", b"Junk", 1)
+    assert head != raw[:200]
+    path.write_bytes(head + raw[200:])
+    return path
+
+
+def test_constant_bitrate_mp3_without_length_header_is_not_called_truncated(tmp_path, monkeypatch):
+    """libsndfile's length for such a file is a guess from the file size, larger than the truth."""
+    path = _mp3_without_length_header(tmp_path / "cbr.mp3", tone(2.0, 44100, 2), "CONSTANT")
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    wav, _ = read_audio(path)
+    assert 88200 <= wav.shape[-1] < 88200 + 4410
+
+
+def _loud_then_quiet_vbr(tmp_path):
+    """A VBR MP3 whose loud first frames make libsndfile guess a length well short of the truth."""
+    noise = 0.5 * np.random.default_rng(0).standard_normal((44100, 2))
+    data = np.concatenate([noise, np.zeros((5 * 44100, 2))]).astype(np.float32)
+    return _mp3_without_length_header(tmp_path / "vbr.mp3", data, "VARIABLE")
+
+
+def test_vbr_mp3_without_length_header_is_never_silently_cut_short(tmp_path, monkeypatch):
+    path = _loud_then_quiet_vbr(tmp_path)
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    with pytest.raises(AudioError, match=r"vbr\.mp3: this MP3 has no length header.*install ffmpeg"):
+        read_audio(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_vbr_mp3_without_length_header_is_read_whole_with_ffmpeg(tmp_path):
+    wav, _ = read_audio(_loud_then_quiet_vbr(tmp_path))
+    assert 6 * 44100 <= wav.shape[-1] < 6 * 44100 + 4410
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_content_named_with_another_extension_goes_to_ffmpeg(audio_dir, tmp_path):
+    """An AAC download saved as .mp3 is still read (libsndfile does not know it, ffmpeg does)."""
+    path = tmp_path / "download.mp3"
+    path.write_bytes((audio_dir / "song.m4a").read_bytes())
+    wav, sr = read_audio(path)
+    assert sr == 44100 and wav.shape[0] == 2 and abs(wav.shape[-1] - int(1.2 * 44100)) < 4410
+
+
+def test_truncated_file_without_extension_is_refused(audio_dir, tmp_path):
+    """Refused as truncated by libsndfile, never handed on to ffmpeg to decode the part that is left."""
+    path = _truncate(audio_dir / "stereo.wav", tmp_path / "cut")
+    with pytest.raises(AudioError, match=r"cut: truncated or corrupted file"):
+        read_audio(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_truncated_container_is_refused_although_ffmpeg_exits_0(tmp_path):
+    """A cut download: ffmpeg decodes the first half, reports "partial file" and exits with 0."""
+    wav = tmp_path / "long.wav"
+    sf.write(wav, tone(4.0, 44100, 2), 44100)
+    whole = tmp_path / "whole.m4a"
+    subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", "-movflags",
+                    "+faststart", str(whole)], check=True)
+    path = _truncate(whole, tmp_path / "cut.m4a")
+    with pytest.raises(AudioError, match=r"cut\.m4a: not a readable audio file \(ffmpeg: .*partial file") as info:
+        read_audio(path)
+    assert "@ 0x" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "fmt, depth, subtype, tol",
     [("wav", 16, "PCM_16", 1 / 2**14), ("wav", 24, "PCM_24", 1e-6), ("wav", 32, "FLOAT", 0.0),

@@ -164,3 +164,25 @@ def test_interrupt_during_separation_leaves_no_files(tmp_path):
         separate_file(src, Separator(model, device="cpu", progress=interrupt), _targets(out, model.sources),
                       OutputOptions(clip="none"))
     assert not out.exists()  # no stems, no temporary files, and not the folder it made for them
+
+
+@pytest.mark.parametrize("rate, written", [(96000, 48000), (6000, 8000)])
+def test_mp3_of_a_rate_mp3_cannot_hold_is_written_at_the_nearest_mp3_rate(tmp_path, rate, written):
+    """`--format mp3` on a 96 kHz file failed after the whole separation ("MPEG-1/2/2.5 only supports
+    sample rates of ..."); no_STEM is then made at the model's rate and still sums back to the mix."""
+    src = tmp_path / "hires.wav"
+    sf.write(src, tone(0.5, rate, 2), rate, subtype="FLOAT")
+    model = GainModel(samplerate=8000, segment=0.5, gains=(0.7, 0.1, 0.1, 0.1))
+    targets = _targets(tmp_path / "out", output_stems(model.sources, None, "drums"), "mp3")
+    result = separate_file(src, Separator(model, device="cpu"), targets, OutputOptions(fmt="mp3", clip="none"),
+                           two_stems="drums")
+    assert result.samplerate == written
+    drums, rest = _read(targets["drums"]), _read(targets["no_drums"])
+    assert sf.info(targets["drums"]).samplerate == written and drums.shape[0] == 2
+    assert abs(drums.shape[-1] - written // 2) < written // 10  # codec padding only
+    from stemsplit.audio import read_audio, resample
+
+    mix = resample(read_audio(src, 8000, 2)[0], 8000, written)  # what the model saw, at the output rate
+    n = min(mix.shape[-1], drums.shape[-1])
+    error = (drums + rest)[:, :n] - mix[:, :n]
+    assert float(error.pow(2).mean()) < 0.01 * float(mix.pow(2).mean())  # MP3 coding noise only
