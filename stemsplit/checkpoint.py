@@ -17,6 +17,7 @@ by a file) and never prints. Where files come from (names, downloads, caches) is
 """
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import os
@@ -475,7 +476,7 @@ def resolve_member(folder: Path, entry: str, bag_path: Path) -> Path:
     for candidate in (folder / f"{entry}.safetensors", folder / f"{entry}.th"):
         if candidate.is_file():
             return candidate
-    hashed = sorted(folder.glob(f"{entry}-*.th"))
+    hashed = sorted(folder.glob(f"{glob.escape(entry)}-*.th"))  # a name, not a pattern
     if hashed:
         return hashed[0]
     raise CheckpointError(

@@ -6,7 +6,8 @@ Exit codes: 0 all inputs done or skipped, 1 some inputs failed, 2 usage error.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import contextlib
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 import typer.core
@@ -94,18 +95,21 @@ def _fail(message: object, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
-    """Load a model; a first-use download shows a transient progress bar on stderr when that is a
-    terminal (elsewhere a transient bar cannot erase itself and would leave a blank line)."""
+@contextlib.contextmanager
+def _download_bars(show: bool, *, transient: bool) -> Iterator[Optional[Callable[[str, int, Optional[int]], None]]]:
+    """A download-progress callback drawing one bar per file on stderr, or None (no bars) unless
+    `show` and stderr is a terminal: elsewhere a bar cannot redraw itself and would leave a blank
+    line in front of any error."""
     from rich.console import Console
 
     console = Console(stderr=True)
     if not (show and console.is_terminal):
-        return load_model(name, repo=repo)
+        yield None
+        return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console, transient=True) as bar:
+                  TransferSpeedColumn(), console=console, transient=transient) as bar:
         tasks: dict = {}
 
         def report(file: str, done: int, total: Optional[int]) -> None:
@@ -113,6 +117,12 @@ def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Pat
                 tasks[file] = bar.add_task(file, total=total)
             bar.update(tasks[file], completed=done, total=total)
 
+        yield report
+
+
+def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
+    """Load a model; a first-use download shows a transient progress bar (see `_download_bars`)."""
+    with _download_bars(show, transient=True) as report:
         return load_model(name, repo=repo, progress=report)
 
 
@@ -419,20 +429,9 @@ def _models_info(name: str, as_json: bool) -> None:
 def _models_download(name: str, as_json: bool) -> None:
     import json
 
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
     from stemsplit.catalog import download_model
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), transient=as_json) as bar:
-        tasks: dict = {}
-
-        def report(file: str, done: int, total: Optional[int]) -> None:
-            if file not in tasks:
-                tasks[file] = bar.add_task(file, total=total)
-            bar.update(tasks[file], completed=done, total=total)
-
+    with _download_bars(True, transient=as_json) as report:
         paths = download_model(name, progress=report)
     if as_json:
         typer.echo(json.dumps([str(path) for path in paths], indent=2))

@@ -123,6 +123,75 @@ def test_a_complete_partial_file_is_verified_without_refetching(server, tmp_path
     assert catalog.download_file(remote).read_bytes() == data
 
 
+@pytest.mark.parametrize("kept", ["longer", "other"])
+def test_resumed_bytes_that_do_not_check_out_are_fetched_again_whole(server, tmp_path, kept):
+    """A partial download longer than the file (the server answers 416) or of another version of
+    it (the resumed bytes land after the wrong ones) is not the user's problem: fetch afresh."""
+    remote, data, _ = published(server, tmp_path)
+    partial = tmp_path / "cache" / f"{remote.name}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data + b"tail" if kept == "longer" else bytes(1000))
+    assert catalog.download_file(remote).read_bytes() == data
+    assert server.requests[-1] == (f"/models/{remote.path}", None)
+    assert sorted(p.name for p in partial.parent.iterdir()) == [remote.name]
+
+
+def test_a_download_running_in_another_process_is_not_written_into(server, tmp_path):
+    """While one download holds `<name>.part`, a second one (here started from the first one's
+    progress callback) fetches its own copy instead of appending to the first one's file."""
+    remote, data, _ = published(server, tmp_path)
+    inner = []
+
+    def progress(name, done, total):
+        if done and not inner:
+            inner.append(catalog.download_file(remote))
+
+    path = catalog.download_file(remote, progress=progress)
+    assert inner == [path] and path.read_bytes() == data
+    assert server.requests == [(f"/models/{remote.path}", None)] * 2
+    assert sorted(p.name for p in path.parent.iterdir()) == [remote.name]
+
+
+def test_ctrl_c_mid_download_leaves_a_partial_that_is_resumed_and_checked(server, tmp_path):
+    remote, data, _ = published(server, tmp_path)
+
+    def interrupt(name, done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        catalog.download_file(remote, progress=interrupt)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{remote.name}.part"]
+    assert catalog.download_file(remote).read_bytes() == data
+    assert server.requests[-1] == (f"/models/{remote.path}", f"bytes={len(data)}-")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
+def test_a_full_cache_folder_is_reported_as_such_not_as_an_interruption(server, tmp_path):
+    remote, _, _ = published(server, tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / f"{remote.name}.part").symlink_to("/dev/full")
+    with pytest.raises(DownloadError, match="cannot write .* into the model cache folder .*"
+                                            "No space left on device.*STEMSPLIT_CACHE") as info:
+        catalog.download_file(remote)
+    assert "resume" not in str(info.value)
+
+
+def test_a_folder_in_the_place_of_the_cached_file_is_a_download_error(server, tmp_path):
+    remote, _, _ = published(server, tmp_path)
+    (tmp_path / "cache" / remote.name).mkdir(parents=True)
+    with pytest.raises(DownloadError, match=f"cannot place {remote.name} at .*{remote.name}"):
+        catalog.download_file(remote)
+
+
+def test_a_remote_root_that_is_not_a_url_is_a_download_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.REMOTE_ROOT_ENV, "mirror.invalid/demucs")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    remote = catalog.RemoteFile(path="x/955717e8-8726e21a.th", sha256="8726e21a", size=None)
+    with pytest.raises(DownloadError, match="955717e8-8726e21a.th: unknown url type.*STEMSPLIT_REMOTE_ROOT"):
+        catalog.download_file(remote)
+
+
 def test_corrupted_bytes_are_deleted_and_reported(server, tmp_path):
     remote, data, _ = published(server, tmp_path)
     server.files[f"models/{remote.path}"] = data[:500] + bytes([data[500] ^ 0xFF]) + data[501:]
@@ -138,6 +207,7 @@ def test_missing_file_says_where_to_place_it(server, tmp_path):
     message = str(info.value)
     assert "HTTP 404" in message and remote.url() in message
     assert str(tmp_path / "cache" / "absent.th") in message
+    assert list((tmp_path / "cache").iterdir()) == [], "no empty partial file is left behind"
 
 
 def test_connection_refused_says_where_to_place_it(tmp_path, monkeypatch):
@@ -211,6 +281,23 @@ def test_local_paths_and_repos_load_without_network(tmp_path, monkeypatch):
         catalog.load_model(str(tmp_path / "missing.th"))
     with pytest.raises(ModelError, match="is a folder"):
         catalog.load_model(tmp_path)
+
+
+def test_repo_names_stay_inside_the_repo_and_are_not_patterns(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    checkpoint.save_checkpoint(tiny(), tmp_path / "outside.safetensors")
+    checkpoint.save_checkpoint(tiny(), repo / "inside.safetensors")
+    (repo / "inside.safetensors").rename(repo / "abcd1234-00000000.th")  # any bytes: never loaded below
+    for name in ("../outside", str(tmp_path / "outside"), "..", "sub\\x"):
+        with pytest.raises(ModelError, match="must be a plain name"):
+            catalog.load_model(name, repo=repo)
+    for name in ("*", "abcd123?", "[a]bcd1234"):
+        with pytest.raises(ModelError, match="no model"):
+            catalog.load_model(name, repo=repo)
+    (repo / "pat.yaml").write_text(yaml.safe_dump({"models": ["*"]}))
+    with pytest.raises(CheckpointError, match="lists member '\\*'"):
+        catalog.load_model("pat", repo=repo)
 
 
 def test_repo_with_the_catalog_files_is_checked_and_assembled(tmp_path, monkeypatch):

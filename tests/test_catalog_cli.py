@@ -70,6 +70,14 @@ def test_models_errors_are_one_red_line_and_an_exit_code(cache, args, code, mess
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_models_download_from_an_unreachable_server_is_exactly_one_line(cache, tmp_path):
+    """On a pipe no progress bar is drawn, so none leaves a blank line in front of the error."""
+    result = stemsplit("models", "download", "htdemucs", env={**cache, catalog.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot download 955717e8-8726e21a.th from http://127.0.0.1:9/")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_models_download_into_an_impossible_cache_folder_is_one_red_line(tmp_path):
     (tmp_path / "taken").write_text("a file where the cache folder should be")
     env = {catalog.CACHE_ENV: str(tmp_path / "taken" / "cache"), catalog.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"}
