@@ -7,6 +7,7 @@ Must not: wrap models or decide what rank 0 writes (the trainer does).
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +63,16 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
 
 
 def teardown(dist: Dist, finished: bool) -> None:
-    """End the process group. After a finished run every rank waits for the others first, so none
-    tears down gloo's connections while a peer is still using them (which can abort that peer);
-    after a failure there is no waiting, since a failed peer may never arrive."""
+    """End the process group while the interpreter is fully alive.
+
+    The DDP wrapper of the finished run sits in reference cycles that keep the group's backend
+    alive; left to interpreter shutdown, gloo's worker threads are destroyed there and abort the
+    process now and then ("terminate called without an active exception"). So the cycles are
+    collected first. After a finished run every rank also waits for the others, so none tears
+    down connections a peer still uses; after a failure a failed peer may never arrive.
+    """
     if dist.active and torch_dist.is_initialized():
+        gc.collect()
         if finished:
             torch_dist.barrier()
         torch_dist.destroy_process_group()
