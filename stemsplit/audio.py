@@ -335,6 +335,7 @@ def _open_source(path: Path) -> _Source:
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
     suffix = path.suffix.lower()
+    ffmpeg = shutil.which("ffmpeg")
     refused: Optional[AudioError] = None  # libsndfile's verdict on a file it does not know
     if suffix not in FFMPEG_EXTENSIONS:  # extensions lie (an AAC named .mp3): ffmpeg gets a turn
         try:
@@ -342,10 +343,9 @@ def _open_source(path: Path) -> _Source:
         except _Unrecognised as exc:
             refused = exc
         else:
-            if source.frames is not None or shutil.which("ffmpeg") is None:
+            if source.frames is not None or ffmpeg is None:
                 return source
             source.close()  # an MP3 whose length libsndfile can only guess: ffmpeg reads it whole
-    ffmpeg = shutil.which("ffmpeg")
     # for a file that should have been audio, an error in libsndfile's words when ffmpeg fails too
     fallback = refused if suffix in SOUNDFILE_EXTENSIONS else None
     if ffmpeg is None:
