@@ -216,6 +216,7 @@ def separate_batch(
         record = TrackRecord(track.input)
         records.append(record)
         started = time.perf_counter()
+        claimed: list[Path] = []
         try:
             if track.path is None:
                 raise AudioError(track.error or f"{track.input}: no audio file")
@@ -225,7 +226,8 @@ def separate_batch(
             if clash:
                 raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
                                  "(tell them apart with {track} in the name template, or rename one)")
-            planned.update({p: track.input for p in targets.values()})
+            claimed = list(targets.values())
+            planned.update({p: track.input for p in claimed})
             # os.path.exists, not Path.exists: a name too long for the file system must fail this
             # track when it is written (one error line), not raise here and stop the batch
             if not overwrite and all(os.path.exists(p) for p in targets.values()):
@@ -242,6 +244,8 @@ def separate_batch(
             finally:
                 separator.progress = previous
         except StemsplitError as exc:
+            for path in claimed:  # a failed track writes nothing, so a later one may use its names
+                del planned[path]
             record.error = str(exc)
             record.seconds = round(time.perf_counter() - started, 3)
             emit(BatchEvent("failed", record, message=_failure_line(track, str(exc))))

@@ -154,6 +154,19 @@ def test_failures_are_recorded_and_do_not_stop_the_batch(tmp_path, separator):
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []  # no temporary files left
 
 
+def test_a_failed_track_does_not_hold_its_output_names(tmp_path, separator):
+    (tmp_path / "song.mp3").write_text("not audio at all\n" * 20)  # fails, so writes no song/ stems
+    _song(tmp_path / "song.wav")
+    _song(tmp_path / "x" / "song.wav")  # still collides: song.wav took the names and succeeded
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / n) for n in ("song.mp3", "song.wav", "x/song.wav")]
+    records = separate_batch(expand_inputs(inputs, out), separator, out, model="m", template="{track}/{stem}.{ext}",
+                             two_stems="vocals", options=EXACT)
+    assert [r.status for r in records] == ["failed", "ok", "failed"]
+    assert "collide with those of " + inputs[1] in records[2].error
+    assert sf.info(out / "song" / "vocals.wav").frames == int(0.4 * RATE)
+
+
 def test_a_track_that_fails_midway_leaves_no_empty_folders(tmp_path, separator):
     """Decoding had started (the track folder held its temporary files) when the NaN was found."""
     broken = tone(0.4, RATE, 2)
