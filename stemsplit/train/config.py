@@ -107,32 +107,25 @@ class TrainConfig:
     resume: bool = False
 
     def check(self) -> None:
-        """Reject contradictory settings before any data is read or model built."""
-        if self.musdb is None and self.synth_weight <= 0:
-            raise ConfigError("no training data: give --musdb and/or a positive --synth-weight")
-        if self.musdb is not None and self.musdb_weight <= 0 and self.synth_weight <= 0:
-            raise ConfigError("data weights must not all be zero")
-        if self.loss not in ("l1", "mse"):
-            raise ConfigError(f"loss {self.loss!r}: expected 'l1' or 'mse'")
-        if self.schedule not in ("cosine", "plateau", "constant"):
-            raise ConfigError(f"schedule {self.schedule!r}: expected 'cosine', 'plateau' or 'constant'")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"precision {self.precision!r}: expected 'auto', 'bf16' or 'fp32'")
-        if self.batch_size < 1 or self.steps < 1:
-            raise ConfigError("batch size and steps must be at least 1")
-        if self.checkpoint_every < 1 or self.valid_every < 1:
-            raise ConfigError("checkpoint_every and valid_every (--checkpoint-every, --valid-every) must be at least 1")
-        if self.augment.remix and self.batch_size < 2:
-            raise ConfigError("remix needs a batch size of at least 2 (or switch it off with --no-remix)")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema decay {self.ema_decay}: expected 0 (off) or a value in (0, 1)")
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Values outside their range: a zero segment or all-zero source weights trained on NaN losses
-        to the end without a word, and a negative lr, --tempo 1 or --workers -1 crashed mid-setup."""
+        """Reject contradictory or out-of-range settings before any data is read or model built: a
+        zero segment or all-zero source weights trained on NaN losses to the end without a word, and
+        a negative lr, --tempo 1 or --workers -1 crashed mid-setup."""
         aug = self.augment
         rules = [
+            (self.musdb is not None or self.synth_weight > 0,
+             "no training data: give --musdb and/or a positive --synth-weight"),
+            (self.musdb is None or self.musdb_weight > 0 or self.synth_weight > 0, "data weights must not all be zero"),
+            (self.loss in ("l1", "mse"), f"loss {self.loss!r}: expected 'l1' or 'mse'"),
+            (self.schedule in ("cosine", "plateau", "constant"),
+             f"schedule {self.schedule!r}: expected 'cosine', 'plateau' or 'constant'"),
+            (self.precision in ("auto", "bf16", "fp32"),
+             f"precision {self.precision!r}: expected 'auto', 'bf16' or 'fp32'"),
+            (self.batch_size >= 1 and self.steps >= 1, "batch size and steps must be at least 1"),
+            (self.checkpoint_every >= 1 and self.valid_every >= 1,
+             "checkpoint_every and valid_every (--checkpoint-every, --valid-every) must be at least 1"),
+            (not aug.remix or self.batch_size >= 2,
+             "remix needs a batch size of at least 2 (or switch it off with --no-remix)"),
+            (0 <= self.ema_decay < 1, f"ema decay {self.ema_decay}: expected 0 (off) or a value in (0, 1)"),
             (self.segment is None or self.segment > 0, "segment (--segment) must be a positive number of seconds"),
             (self.lr > 0, "lr (--lr) must be positive"),
             (all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
