@@ -87,12 +87,26 @@ _TEMPLATE = "{model}/{track}/{stem}.{ext}"  # stemsplit.batch.TEMPLATE, spelled 
 
 
 def _fail(message: object, code: int) -> "typer.Exit":
-    """One red line on stderr (the message printed literally, never as markup), and the exit code to leave with."""
+    """One red line on stderr (see `_error_line`), and the exit code to leave with."""
+    _error_line(message)
+    return typer.Exit(code)
+
+
+def _error_line(message: object) -> None:
+    """One red line on stderr, the message printed literally, never as markup; for an error the
+    command goes on after (one failed track of many) as well as for the one it stops at."""
     from rich.console import Console
     from rich.markup import escape
 
     Console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+
+
+def _check_segments(segment: Optional[float], overlap: float) -> None:
+    """Usage errors (exit 2) for --segment and --overlap, before any model is loaded."""
+    if segment is not None and not segment > 0:  # (NaN too)
+        raise _fail(f"--segment must be a positive number of seconds, got {segment}", 2)
+    if not 0 <= overlap < 1:
+        raise _fail(f"--overlap must be in [0, 1), got {overlap}", 2)
 
 
 @contextlib.contextmanager
@@ -254,10 +268,7 @@ def separate(
     if stems is not None and two_stems is not None:
         raise _fail("use either --stems or --two-stems, not both", 2)
     fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
-    if segment is not None and not segment > 0:  # (NaN too)
-        raise _fail(f"--segment must be a positive number of seconds, got {segment}", 2)
-    if not 0 <= overlap < 1:
-        raise _fail(f"--overlap must be in [0, 1), got {overlap}", 2)
+    _check_segments(segment, overlap)
     if mp3_bitrate not in _MP3_BITRATES:
         raise _fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
                     f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
@@ -683,12 +694,16 @@ def evaluate(
     bss: bool = typer.Option(True, "--bss/--no-bss", help="Also compute BSSEval v4 SDR/ISR/SIR/SAR (slower)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:1, mps."),
     segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per segment (default: the model's)."),
-    overlap: float = typer.Option(0.25, "--overlap"),
-    shifts: int = typer.Option(0, "--shifts"),
-    batch_size: int = typer.Option(1, "--batch-size"),
+    overlap: float = typer.Option(0.25, "--overlap", help="Overlap between segments, in [0, 1)."),
+    shifts: int = typer.Option(0, "--shifts", min=0),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
 ) -> None:
-    """Score a model on a MUSDB-style folder (hidden; see the README's advanced section)."""
+    """Score a model on a MUSDB-style folder (hidden; see the README's advanced section).
+
+    A track that cannot be read is reported as one red line and skipped; the exit code is then 1,
+    and the JSON file lists it under "failed". Nothing is written when no track could be scored.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -700,6 +715,10 @@ def evaluate(
 
     if model is not None and model_path is not None:
         raise _fail("give --model or --model-path, not both", 2)
+    _check_segments(segment, overlap)
+    for option, target in (("--json", json_out), ("--csv", csv_out)):
+        if target and Path(target).is_dir():  # found now, not after the whole evaluation
+            raise _fail(f"{option} {target}: is a folder; give a file name", 2)
     if threads:
         torch.set_num_threads(threads)
     console = Console()
@@ -708,6 +727,10 @@ def evaluate(
     status = console.status("")
 
     def show(record: dict) -> None:
+        if record["event"] == "failed":
+            status.stop()
+            _error_line(record["error"])
+            return
         if record["event"] == "track":
             status.update(f"{record['index'] + 1}/{record['total']} {record['name']}: separating and scoring")
             status.start()
@@ -719,36 +742,56 @@ def evaluate(
             table.add_column(metric, justify="right")
         for source, scores in record["scores"].items():
             table.add_row(source, *(_score_cell(scores[m]) for m in result_metrics))
-        console.print(table)
+        console.print(_explain_undefined(table, [v for scores in record["scores"].values() for v in scores.values()]))
 
     result_metrics = ("usdr", "si_sdr", "sdr", "isr", "sir", "sar") if bss else ("usdr", "si_sdr")
     try:
         chosen = load_model(model_path if model_path is not None else model)
         result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
                                 overlap=overlap, shifts=shifts, batch_size=batch_size)
+    except StemsplitError as exc:
+        raise _fail(exc, 1) from None
+    finally:
+        status.stop()
+    if not result.tracks:
+        raise _fail(f"{folder}: no track could be scored ({len(result.failed)} failed)", 1)
+    failed = f", {len(result.failed)} failed" if result.failed else ""
+    table = Table(title=f"aggregate over {len(result.tracks)} track(s){failed} (dB)", title_justify="left")
+    table.add_column("source")
+    table.add_column("")
+    for metric in result.metrics:
+        table.add_column(metric, justify="right")
+    aggregate = result.aggregate()
+    for source, per_metric in aggregate.items():
+        for stat in ("mean", "median"):
+            table.add_row(source if stat == "mean" else "", stat,
+                          *(_score_cell(per_metric[m][stat]) for m in result.metrics))
+    values = [v for per_metric in aggregate.values() for stats in per_metric.values() for v in stats.values()]
+    console.print(_explain_undefined(table, values))  # before the files: an unwritable file must not hide the scores
+    try:
         if json_out:
             result.write_json(json_out)
         if csv_out:
             result.write_csv(csv_out)
     except StemsplitError as exc:
         raise _fail(exc, 1) from None
-    finally:
-        status.stop()
-    table = Table(title=f"aggregate over {len(result.tracks)} track(s) (dB)", title_justify="left")
-    table.add_column("source")
-    table.add_column("")
-    for metric in result.metrics:
-        table.add_column(metric, justify="right")
-    for source, per_metric in result.aggregate().items():
-        for stat in ("mean", "median"):
-            table.add_row(source if stat == "mean" else "", stat,
-                          *(_score_cell(per_metric[m][stat]) for m in result.metrics))
-    console.print(table)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def _score_cell(value: float) -> str:
     """A score for a table: 2 decimals, '-' when undefined (silent reference), 'inf' for perfect."""
     return "-" if value != value else f"{value:.2f}"
+
+
+def _explain_undefined(table: Any, values: List[float]) -> Any:
+    """`table` with a caption saying what '-' means when one of its `values` is undefined: one
+    silent reference leaves every source of its track without a BSSEval score, which looks like a
+    bug unless said."""
+    if any(value != value for value in values):
+        table.caption = "-: undefined: a reference or estimate is silent in every 1 s frame (skipped, as museval)"
+        table.caption_justify = "left"
+    return table
 
 
 def main() -> Any:

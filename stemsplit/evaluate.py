@@ -4,8 +4,9 @@ Owns: finding and checking evaluation tracks (mixture + one reference file per m
 separating each mixture with a `Separator`, scoring every source with `metrics` (uSDR, SI-SDR and,
 unless switched off, BSSEval v4 SDR/ISR/SIR/SAR as per-track frame medians), aggregating over
 tracks (mean and median per source, skipping tracks where a score is undefined), and writing the
-results as JSON or CSV. Scores are computed on CPU in float64, so they do not depend on the device
-the model ran on beyond the model's own float32 arithmetic.
+results as JSON or CSV. A track that cannot be read is recorded as failed, with its one-line
+error, and the others are still scored. Scores are computed on CPU in float64, so they do not
+depend on the device the model ran on beyond the model's own float32 arithmetic.
 Must not: print or render tables (cli.py does), or load models by name (the caller passes one).
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from stemsplit.atomic import atomic_path
-from stemsplit.errors import DataError, StemsplitError
-from stemsplit.train.data import Track, scan_folder
+from stemsplit.errors import DataError, ModelError, StemsplitError
+from stemsplit.train.data import Track, check_track, track_folders
 
 FAST_METRICS = ("usdr", "si_sdr")
 BSS_METRICS = ("sdr", "isr", "sir", "sar")
@@ -31,11 +32,13 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass
 class Evaluation:
-    """Per-track scores {track: {source: {metric: value}}} (NaN: undefined) and their aggregate."""
+    """Per-track scores {track: {source: {metric: value}}} (NaN: undefined) and their aggregate,
+    and the tracks that could not be scored {track: one-line error}."""
 
     metrics: tuple[str, ...]
     sources: list[str]
     tracks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def aggregate(self) -> dict[str, dict[str, dict[str, float]]]:
         """{source: {metric: {"mean": m, "median": md}}} over tracks, ignoring undefined scores."""
@@ -59,7 +62,7 @@ class Evaluation:
             return None if isinstance(value, float) and not math.isfinite(value) else value
 
         return {"metrics": list(self.metrics), "sources": self.sources, "tracks": clean(self.tracks),
-                "aggregate": clean(self.aggregate())}
+                "aggregate": clean(self.aggregate()), "failed": self.failed}
 
     def write_json(self, path: Path) -> None:
         _atomic_text(Path(path), json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
@@ -93,9 +96,22 @@ def _atomic_text(path: Path, text: str) -> None:
         raise StemsplitError(f"{path}: cannot write the scores ({exc.strerror or exc})") from exc
 
 
-def find_tracks(root: Path, sources: Sequence[str], names: Optional[Sequence[str]] = None) -> list[Track]:
-    """Check every track folder (mixture + each source, same rate/length/channels) before any work."""
-    return scan_folder(Path(root), ["mixture", *sources], None, names)
+def find_tracks(root: Path, sources: Sequence[str],
+                names: Optional[Sequence[str]] = None) -> tuple[list[Track], dict[str, DataError]]:
+    """Check every track folder (mixture + each source, same rate/length/channels) before any work.
+
+    Returns the good tracks and {track: error} for the others, so that one bad folder does not stop
+    the rest. A root that is not a folder of tracks, or a named track that does not exist, still
+    raises: nothing can then be evaluated as asked.
+    """
+    good: list[Track] = []
+    bad: dict[str, DataError] = {}
+    for folder in track_folders(Path(root), names):
+        try:
+            good.append(check_track(folder, ["mixture", *sources]))
+        except DataError as exc:
+            bad[folder.name] = exc
+    return good, bad
 
 
 def score_track(ref: torch.Tensor, est: torch.Tensor, samplerate: int, bss: bool = True) -> dict[str, list[float]]:
@@ -113,29 +129,57 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
              progress: Optional[Progress] = None, **separator: Any) -> Evaluation:
     """Separate and score every (or each named) track under `root` with `model`.
 
-    `separator` holds Separator options (device, segment, overlap, shifts, batch_size).
+    `separator` holds Separator options (device, segment, overlap, shifts, batch_size). A track
+    that fails its check, cannot be read, or gets a non-finite estimate lands in
+    `Evaluation.failed` (and a "failed" progress event) instead of stopping the run; bad options,
+    or a root without tracks, still raise.
     """
-    from stemsplit.audio import read_audio
     from stemsplit.separate import Separator
 
     sources = list(model.sources)
-    checked = find_tracks(root, sources, tracks)
+    checked, bad = find_tracks(root, sources, tracks)
     runner = Separator(model, **separator)
     result = Evaluation(FAST_METRICS + (BSS_METRICS if bss else ()), sources)
-    rate, channels = int(model.samplerate), int(model.audio_channels)
+
+    def fail(name: str, error: StemsplitError) -> None:
+        result.failed[name] = str(error)
+        if progress is not None:
+            progress({"event": "failed", "name": name, "error": str(error)})
+
+    for name, error in bad.items():
+        fail(name, error)
     for index, track in enumerate(checked):
         if progress is not None:
             progress({"event": "track", "index": index, "total": len(checked), "name": track.name})
-        mix, _ = read_audio(track.files["mixture"], rate, channels)
-        refs = torch.stack([read_audio(track.files[s], rate, channels)[0] for s in sources])
-        if refs.shape[-1] != mix.shape[-1]:
-            raise DataError(f"{track.files['mixture']}: length differs from its stems after resampling")
-        with torch.no_grad():
-            est = runner.separate_tensor(mix)
-        per_metric = score_track(refs, est, rate, bss)
+        try:
+            per_metric = _separate_and_score(runner, model, track, bss)
+        except StemsplitError as exc:
+            fail(track.name, exc)
+            continue
         result.tracks[track.name] = {
             source: {metric: per_metric[metric][i] for metric in result.metrics} for i, source in enumerate(sources)}
         if progress is not None:
             progress({"event": "scored", "index": index, "total": len(checked), "name": track.name,
                       "scores": result.tracks[track.name]})
     return result
+
+
+def _separate_and_score(runner: Any, model: torch.nn.Module, track: Track, bss: bool) -> dict[str, list[float]]:
+    """Read one checked track at the model's rate and channels, separate its mixture and score it.
+
+    An estimate with NaN or infinite samples is refused here: every metric of it would be NaN,
+    which the tables and aggregates read as "undefined" (a silent reference) and skip, so a
+    broken model would pass as one with nothing to score.
+    """
+    from stemsplit.audio import read_audio
+
+    rate, channels = int(model.samplerate), int(model.audio_channels)
+    mix, _ = read_audio(track.files["mixture"], rate, channels)
+    refs = torch.stack([read_audio(track.files[s], rate, channels)[0] for s in model.sources])
+    if refs.shape[-1] != mix.shape[-1]:
+        raise DataError(f"{track.files['mixture']}: length differs from its stems after resampling")
+    with torch.no_grad():
+        est = runner.separate_tensor(mix)
+    if not torch.isfinite(est).all():
+        raise ModelError(f"{track.files['mixture']}: the model's estimate has NaN or infinite samples")
+    return score_track(refs, est, rate, bss)

@@ -2,6 +2,7 @@
 stemsplit.metrics on the Separator's output; aggregates; JSON/CSV; the hidden CLI command."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -55,9 +56,9 @@ def test_tracks_limit_and_bad_folder_names_the_file(tmp_path, tiny_model):
     root = write_musdb(tmp_path / "db", train=0, valid=2, seconds=1.0) / "valid"
     result = evaluate(tiny_model, root, tracks=["valid1"], bss=False, device="cpu")
     assert list(result.tracks) == ["valid1"] and result.metrics == ("usdr", "si_sdr")
-    (root / "valid0" / "mixture.wav").unlink()
-    with pytest.raises(DataError, match="mixture"):
-        evaluate(tiny_model, root, device="cpu")
+    (root / "valid0" / "mixture.wav").unlink()  # one bad track is reported; the run goes on
+    result = evaluate(tiny_model, root, bss=False, device="cpu")
+    assert list(result.tracks) == ["valid1"] and "valid0/mixture.wav: missing stem" in result.failed["valid0"]
     with pytest.raises(DataError, match="nope"):
         evaluate(tiny_model, root, tracks=["nope"], device="cpu")
 
@@ -107,3 +108,88 @@ def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):
         [sys.executable, "-m", "stemsplit", "evaluate", str(root), "--model-path", str(tmp_path / "tiny.safetensors"),
          "--threads", "-1"], capture_output=True, text=True, timeout=120)
     assert threads.returncode == 2 and "--threads" in threads.stderr and "Traceback" not in threads.stderr
+
+
+def _spoil(path, how: str) -> None:
+    """Make one stem file bad in place: a NaN sample, or silent throughout."""
+    import soundfile as sf
+
+    data, rate = sf.read(path, always_2d=True)
+    if how == "nan":
+        data[100, 0] = np.nan
+    else:
+        data[:] = 0.0
+    sf.write(path, data, rate, subtype="FLOAT")
+
+
+def test_a_bad_track_is_reported_and_the_others_are_still_scored(tmp_path, tiny_model):
+    root = write_musdb(tmp_path / "db", train=0, valid=3, seconds=1.0) / "valid"
+    (root / "valid0" / "bass.wav").unlink()  # found by the check before any work
+    _spoil(root / "valid1" / "drums.wav", "nan")  # found only when the track is read
+    events = []
+    result = evaluate(tiny_model, root, bss=False, device="cpu", progress=events.append)
+    assert list(result.tracks) == ["valid2"]
+    assert set(result.failed) == {"valid0", "valid1"}
+    assert "valid0/bass.wav: missing stem" in result.failed["valid0"]
+    assert "valid1/drums.wav: contains NaN" in result.failed["valid1"]
+    assert [e["name"] for e in events if e["event"] == "failed"] == ["valid0", "valid1"]
+    result.write_json(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["failed"] == result.failed
+
+
+def test_an_estimate_with_nan_fails_its_track_instead_of_scoring_undefined(tmp_path, tiny_model):
+    root = write_musdb(tmp_path / "db", train=0, valid=1, seconds=1.0) / "valid"
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(math.nan)
+    result = evaluate(broken, root, bss=False, device="cpu")
+    assert result.tracks == {}  # every metric would be NaN, which reads as "undefined" and is skipped
+    assert "valid0/mixture.wav: the model's estimate has NaN or infinite samples" in result.failed["valid0"]
+
+
+def test_a_track_named_twice_is_scored_once(tmp_path, tiny_model):
+    root = write_musdb(tmp_path / "db", train=0, valid=2, seconds=1.0) / "valid"
+    events = []
+    evaluate(tiny_model, root, tracks=["valid1", "valid1"], bss=False, device="cpu", progress=events.append)
+    assert [(e["name"], e["total"]) for e in events if e["event"] == "scored"] == [("valid1", 1)]
+
+
+def _cli_evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stemsplit", "evaluate", *args, "--device", "cpu", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_evaluate_goes_on_past_a_bad_track_and_exits_1(tmp_path, tiny_model):
+    root = write_musdb(tmp_path / "db", train=0, valid=2, seconds=1.0) / "valid"
+    model = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model, model)
+    _spoil(root / "valid0" / "drums.wav", "nan")
+    _spoil(root / "valid1" / "bass.wav", "silent")
+    out_json, out_csv = tmp_path / "scores.json", tmp_path / "scores.csv"
+    run = _cli_evaluate(str(root), "--model-path", str(model), "--json", str(out_json), "--csv", str(out_csv))
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("error:") == 1 and "valid0/drums.wav: contains NaN" in run.stderr
+    assert "aggregate over 1 track(s), 1 failed" in run.stdout
+    assert "-: undefined" in run.stdout  # a silent bass leaves the whole track without BSSEval scores
+    data = json.loads(out_json.read_text())
+    assert list(data["tracks"]) == ["valid1"] and list(data["failed"]) == ["valid0"]
+    assert [row[0] for row in csv.reader(out_csv.open())][1:5] == ["valid1"] * 4
+    # A scores file that cannot be written is reported after the scores are shown, not instead of them.
+    run = _cli_evaluate(str(root), "--model-path", str(model), "--no-bss", "--json", str(out_csv / "x.json"))
+    assert run.returncode == 1 and "x.json: cannot write the scores" in run.stderr
+    assert "aggregate over 1 track(s), 1 failed" in run.stdout
+    # Nothing scored: an error saying so, and the files of the earlier run are left as they were.
+    (root / "valid1" / "mixture.wav").unlink()
+    before = out_json.read_text()
+    run = _cli_evaluate(str(root), "--model-path", str(model), "--json", str(out_json))
+    assert run.returncode == 1 and "no track could be scored (2 failed)" in run.stderr
+    assert out_json.read_text() == before
+
+
+def test_cli_evaluate_bad_options_are_usage_errors_before_any_work(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    for args in (["--overlap", "1"], ["--segment", "0"], ["--shifts", "-1"], ["--batch-size", "0"],
+                 ["--json", str(tmp_path / "out.json")]):
+        run = _cli_evaluate(str(tmp_path), "--model-path", str(tmp_path / "none.safetensors"), *args)
+        assert run.returncode == 2, (args, run.stderr)
+        assert args[0] in run.stderr and "Traceback" not in run.stderr

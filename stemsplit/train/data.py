@@ -73,6 +73,12 @@ def check_track(folder: Path, stems: Sequence[str], samplerate: Optional[int] = 
 def scan_folder(root: Path, stems: Sequence[str], samplerate: Optional[int] = None,
                 names: Optional[Sequence[str]] = None) -> list[Track]:
     """Check every track folder under `root` (or only `names`); raise DataError on the first problem."""
+    return [check_track(folder, stems, samplerate) for folder in track_folders(root, names)]
+
+
+def track_folders(root: Path, names: Optional[Sequence[str]] = None) -> list[Path]:
+    """The track folders under `root` (or those named), unchecked; DataError if there are none or a
+    named one is missing. Apart from `scan_folder` so that evaluation can check each on its own."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of tracks")
@@ -83,10 +89,10 @@ def scan_folder(root: Path, stems: Sequence[str], samplerate: Optional[int] = No
         missing = [n for n in names if n not in by_name]
         if missing:
             raise DataError(f"{root / missing[0]}: no such track folder")
-        folders = [by_name[n] for n in names]
+        folders = [by_name[n] for n in dict.fromkeys(names)]  # a track named twice is still one track
     if not folders:
         raise DataError(f"{root}: no track folders found")
-    return [check_track(folder, stems, samplerate) for folder in folders]
+    return folders
 
 
 def split_roots(root: Path) -> tuple[Path, Optional[Path]]:
