@@ -148,10 +148,45 @@ def test_cli_train_with_yaml_config(tmp_path):
 def test_a_new_run_in_a_used_folder_starts_its_own_log(tmp_path):
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
     cfg = _config(tmp_path, musdb=root, steps=2, checkpoint_every=2, valid_every=2)
-    _losses(cfg)
+    _losses(cfg, stop_at_step=1)  # died before its first checkpoint: nothing to resume, nothing to keep
     _losses(cfg)  # the same folder again, without --resume: it was appended after the first run's curve
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["event"], r["step"]) for r in records] == [("step", 1), ("step", 2), ("valid", 2), ("checkpoint", 2)]
+
+
+def test_a_run_folder_is_never_overwritten_and_a_resume_must_fit_it(tmp_path):
+    """A new run in a folder holding one deleted its log at once and replaced its checkpoints at the
+    first save; a resume with other model settings failed on a cryptic state_dict error (or dropped
+    the EMA without a word), and one with --steps below the step reached did nothing and said so not."""
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    cfg = _config(tmp_path, musdb=root, steps=2, checkpoint_every=2, valid_every=2)
+    train(cfg)
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ConfigError, match="already holds a training run .*--resume"):
+        train(cfg)
+    with pytest.raises(ConfigError, match=r"model_kwargs channels: 8, now 16; ema_decay 0.0, now 0.9"):
+        train(_config(tmp_path, musdb=root, steps=4, resume=True, ema_decay=0.9,
+                      model_kwargs=dict(TINY, channels=16)))
+    with pytest.raises(ConfigError, match="already at step 2, past --steps 1"):
+        train(_config(tmp_path, musdb=root, steps=1, resume=True))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    records: list = []  # what may change does: more steps, another lr
+    train(_config(tmp_path, musdb=root, steps=3, lr=1e-3, resume=True), progress=records.append)
+    assert [r["step"] for r in records if r["event"] == "step"] == [3]
+
+
+def test_cli_resume_problems_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}}, run / "state.pt")
+    base = [sys.executable, "-m", "stemsplit", "train", "--musdb", str(write_musdb(tmp_path / "db", train=1, valid=0)),
+            "--out", str(run), "--arch", "Demucs", *TINY_FLAGS, "--segment", "0.25", "--threads", "1"]
+    for extra, code, words in (([], 2, "already holds a training run"),
+                               (["--resume"], 1, "not a training state written by stemsplit train")):
+        result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error:") and words in result.stderr and "state.pt" in result.stderr
 
 
 def test_a_segment_too_short_for_the_stft_loss_is_refused_up_front(tmp_path):
@@ -188,6 +223,30 @@ def test_cli_train_refuses_a_config_section_that_is_not_a_mapping(tmp_path):
              "--kw", "channels=8", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error:") and "must be a mapping" in result.stderr
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """SIGTERM (preemption, docker stop) killed the run outright: one landing in a checkpoint write left
+    its hidden .part file behind. It now unwinds like Ctrl-C (exit 130), through the writers' cleanup."""
+    import signal
+    import time
+
+    from stemsplit.train.state import load_state
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stemsplit", "train", "--musdb", str(write_musdb(tmp_path / "db", train=2, valid=0)),
+         "--out", str(out), "--arch", "Demucs", *TINY_FLAGS, "--segment", "0.25", "--batch-size", "2",
+         "--steps", "100000", "--checkpoint-every", "1", "--threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "state.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, (process.returncode, stderr)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.safetensors", "log.jsonl", "state.pt"]
+    assert load_state(out / "state.pt")["step"] >= 1
+
 
 def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path):
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)

@@ -158,6 +158,38 @@ def test_state_file_round_trip_refuses_pickled_objects(tmp_path):
         load_state(tmp_path / "missing.pt")
 
 
+def test_a_damaged_or_foreign_state_is_one_line_naming_the_file(tmp_path):
+    """An empty, cut or non-state file gave a traceback (IndexError for a tensor), a blank detail, or
+    torch's several-line text advising weights_only=False, that is, running the file's code."""
+    save_state(tmp_path / "good.pt", {"w": torch.arange(1000.0)})
+    good = (tmp_path / "good.pt").read_bytes()
+    files = {"empty.pt": b"", "cut.pt": good[: len(good) // 2]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save({"evil": PurePosixPath("x")}, tmp_path / "object.pt")
+    for name in ("empty.pt", "cut.pt", "tensor.pt", "object.pt"):
+        with pytest.raises(CheckpointError) as info:
+            load_state(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(str(tmp_path / name)) and "\n" not in message and "()" not in message, message
+        assert "weights_only" not in message
+
+
+def test_a_state_that_cannot_be_written_is_an_error_naming_it(tmp_path):
+    """A full disk made torch.save raise a RuntimeError about zip positions: a traceback mid-run.
+    A file-size limit fails the write the same way (Python ignores SIGXFSZ)."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(CheckpointError, match=r"cannot write .*state\.pt"):
+            save_state(tmp_path / "state.pt", {"w": torch.zeros(10_000)})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []  # no half-written temporary file either
+
+
 class _Echo(torch.nn.Module):
     """A "model" that returns a fixed estimate, so validation's arithmetic can be checked by hand."""
     sources = ["a", "b"]

@@ -7,6 +7,7 @@ Must not: decide what goes in it (the trainer does).
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,18 @@ from stemsplit.errors import CheckpointError
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` through a temporary file in the same folder and an atomic rename."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write `state` to `path` through a temporary file in the same folder and an atomic rename.
+
+    A failed write (a full disk) is a CheckpointError naming the file: torch reports it as a
+    RuntimeError about zip positions, which reached the user as a traceback.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:
+        raise CheckpointError(f"cannot write {path}: {first_line(exc)} (is the disk full?)") from exc
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -28,6 +38,19 @@ def load_state(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no training state to resume from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise CheckpointError(f"{path}: unreadable training state ({exc})") from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, OSError... for an empty, cut or foreign file
+        # torch's refusal of a non-tensor object advises weights_only=False (running the file's code): not passed on
+        detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else first_line(exc)
+        raise CheckpointError(f"{path}: not a readable training state, damaged or not written by "
+                              f"stemsplit train ({detail})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training state written by stemsplit train")
+    return state
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, or its type when it has none (EOFError()): the CLI
+    shows one line, and torch's messages run to several."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

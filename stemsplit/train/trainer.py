@@ -28,12 +28,23 @@ from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, Syn
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss
 from stemsplit.train.schedule import Schedule
-from stemsplit.train.state import load_state, save_state
+from stemsplit.train.state import first_line, load_state, save_state
 
 Progress = Callable[[dict[str, Any]], None]
 
 ENCODER_PREFIXES = ("encoder.", "tencoder.")
 """Parameter-name prefixes of the (waveform and spectral) encoders in every nn architecture."""
+
+RUN_FILES = ("state.pt", "last.safetensors", "best.safetensors")
+"""A folder holding any of these holds a run, which a new run there (no --resume) would overwrite."""
+
+STATE_KEYS = ("step", "best", "model", "optimizer", "schedule", "ema", "rng")
+"""The keys every state written by `_train` holds (and "config" since it is compared on resume)."""
+
+FIXED_ON_RESUME = ("architecture", "model_kwargs", "init", "sources", "samplerate", "channels", "freeze_encoder",
+                   "ema_decay")
+"""Settings that shape the model, its optimiser state or its averaged weights: a resumed run must keep
+them. Everything else (steps, lr and schedule, data, augmentation, loss, runtime) may change."""
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -218,9 +229,51 @@ def train(cfg: TrainConfig, progress: Optional[Progress] = None) -> Path:
         distributed.teardown(dist, finished)
 
 
+def _open_run(cfg: TrainConfig) -> Optional[dict[str, Any]]:
+    """The state to resume from, checked against this run's settings, or None for a new run.
+
+    Checked before the model is built or the data scanned, so that a mistake is reported at once:
+    a new run in a folder holding another would overwrite it (its log at once, its checkpoints at
+    the first save); a resumed run with other model settings failed on a cryptic state_dict error
+    (or silently dropped its EMA), and one with --steps below the step reached did nothing.
+    """
+    out_dir = Path(cfg.out_dir)
+    state_path = out_dir / "state.pt"
+    if not cfg.resume:
+        found = [name for name in RUN_FILES if (out_dir / name).exists()]
+        if found:
+            raise ConfigError(f"{out_dir} already holds a training run ({', '.join(found)}): continue it with "
+                              "--resume, or give another --out (or delete the folder) to start a new one")
+        return None
+    state = load_state(state_path)
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing or isinstance(state["step"], bool) or not isinstance(state["step"], int):
+        raise CheckpointError(f"{state_path}: not a training state written by stemsplit train "
+                              f"(missing or malformed: {', '.join(missing) or 'step'})")
+    started = state.get("config")  # absent in states written before it was stored
+    if isinstance(started, dict):
+        now = to_jsonable(cfg)
+        changed = []
+        for key in FIXED_ON_RESUME:
+            old, new = started.get(key), now[key]
+            if isinstance(old, dict) and isinstance(new, dict):  # name the kwargs that differ, not all of them
+                changed += [f"{key} {k}: {old.get(k)!r}, now {new.get(k)!r}" for k in sorted({*old, *new})
+                            if old.get(k) != new.get(k)]
+            elif old != new:
+                changed.append(f"{key} {old!r}, now {new!r}")
+        if changed:
+            raise ConfigError(f"{state_path}: the run was started with other settings ({'; '.join(changed)}); "
+                              "resume it with the ones it was started with")
+    if state["step"] > cfg.steps:
+        raise ConfigError(f"{state_path}: the run is already at step {state['step']}, past --steps {cfg.steps}; "
+                          f"give at least {state['step']} to resume it")
+    return state
+
+
 def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dist, device: torch.device) -> Path:
     from stemsplit.checkpoint import save_checkpoint
 
+    state = _open_run(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
@@ -252,8 +305,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     out_dir = Path(cfg.out_dir)
     state_path, last_path, best_path = out_dir / "state.pt", out_dir / "last.safetensors", out_dir / "best.safetensors"
     start, best = 0, None
-    if cfg.resume:
-        state = load_state(state_path)
+    if state is not None:
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -262,14 +314,14 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
                 ema.load_state_dict(state["ema"] or {})
             _set_rng_state(state["rng"], device)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = first_line(exc)
             raise CheckpointError(f"{state_path}: does not fit this model and configuration ({detail})") from exc
-        start, best = int(state["step"]), state["best"]
+        start, best = state["step"], state["best"]
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             _truncate_log(out_dir / "log.jsonl", start)
-        else:  # a new run in a used folder: its log is its own curve, not appended to the old one
+        else:  # a new run where one died before its first checkpoint: its log is its own curve
             (out_dir / "log.jsonl").unlink(missing_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_jsonable(cfg), indent=2))
     log = _Log(out_dir / "log.jsonl" if dist.main else None, progress)
@@ -293,7 +345,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
         save_state(state_path, {
             "step": step, "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "rng": _rng_state(device)})
+            "rng": _rng_state(device), "config": to_jsonable(cfg)})
         log({"event": "checkpoint", "step": step, "path": str(last_path)})
 
     model.train()
