@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from stemsplit.atomic import atomic_path
 from stemsplit.errors import CheckpointError, ModelError
 from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
@@ -168,7 +169,8 @@ def _truncate_log(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+    with atomic_path(path) as tmp:  # an interrupt here must not cut the log it is trimming
+        tmp.write_text("".join(kept), encoding="utf-8")
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -323,7 +325,8 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
             _truncate_log(out_dir / "log.jsonl", start)
         else:  # a new run where one died before its first checkpoint: its log is its own curve
             (out_dir / "log.jsonl").unlink(missing_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_jsonable(cfg), indent=2))
+        with atomic_path(out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(to_jsonable(cfg), indent=2))
     log = _Log(out_dir / "log.jsonl" if dist.main else None, progress)
 
     net: torch.nn.Module = model
