@@ -637,14 +637,9 @@ def train(
         raise _fail(exc, 2) from None
 
     import os
-    import signal
 
     from stemsplit.train.trainer import train as run_training
 
-    # SIGTERM (a scheduler's preemption, `docker stop`, torchrun stopping its workers) stops the run
-    # as Ctrl-C does, through the atomic writers' cleanup: its default action killed the process
-    # mid-checkpoint and left a hidden .part file, as large as the state, in the run folder.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         best = run_training(cfg, progress=_TrainProgress())
     except ConfigError as exc:
@@ -653,8 +648,6 @@ def train(
         raise _fail(exc, 1) from None
     except OSError as exc:  # the run folder cannot be written (config, log, states): say where, not a traceback
         raise _fail(f"{exc.filename or cfg.out_dir}: {exc.strerror or exc}", 1) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         from rich.console import Console
 
@@ -802,5 +795,14 @@ def _explain_undefined(table: Any, values: List[float]) -> Any:
 
 
 def main() -> Any:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    SIGTERM (`timeout`, a batch scheduler's preemption, `docker stop`, torchrun stopping its
+    workers) stops every command as Ctrl-C does, through the atomic writers' cleanup: its default
+    action killed the process outright and left hidden .part files (stems half written, a
+    state-sized checkpoint) in the output folders.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return app()

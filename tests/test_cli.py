@@ -223,3 +223,23 @@ def test_progress_bar_shows_bracketed_file_names_literally():
         assert display.bar.columns[0].render(task).plain == "song [live] [bold].wav"
     finally:
         display.close()
+
+
+def test_sigterm_mid_separation_leaves_no_partial_files(tmp_path):
+    """`timeout` or a scheduler stops a batch with SIGTERM, whose default action left hidden .part
+    stems in the track folder; it now unwinds as Ctrl-C does (exit 130) and removes them."""
+    import signal
+    import time
+
+    sf.write(tmp_path / "long.wav", tone(30.0, 44100, 2), 44100)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "stemsplit", "long.wav", "-o", str(out)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.rglob("*.part")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert list(out.rglob("*.part")), "the separation ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, (process.returncode, stderr)
+    assert [p for p in out.rglob("*") if p.is_file()] == []

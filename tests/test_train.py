@@ -224,6 +224,7 @@ def test_cli_train_refuses_a_config_section_that_is_not_a_mapping(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error:") and "must be a mapping" in result.stderr
 
+
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """SIGTERM (preemption, docker stop) killed the run outright: one landing in a checkpoint write left
     its hidden .part file behind. It now unwinds like Ctrl-C (exit 130), through the writers' cleanup."""
