@@ -719,6 +719,8 @@ def evaluate(
     for option, target in (("--json", json_out), ("--csv", csv_out)):
         if target and Path(target).is_dir():  # found now, not after the whole evaluation
             raise _fail(f"{option} {target}: is a folder; give a file name", 2)
+    if json_out and csv_out and Path(json_out).resolve() == Path(csv_out).resolve():
+        raise _fail(f"--json and --csv name the same file {json_out}: the CSV would replace the JSON", 2)
     if threads:
         torch.set_num_threads(threads)
     console = Console()
@@ -754,7 +756,8 @@ def evaluate(
     finally:
         status.stop()
     if not result.tracks:
-        raise _fail(f"{folder}: no track could be scored ({len(result.failed)} failed)", 1)
+        hint = f"; for a MUSDB-style root give its test folder, {Path(folder) / 'test'}" if "test" in result.failed else ""
+        raise _fail(f"{folder}: no track could be scored ({len(result.failed)} failed){hint}", 1)
     failed = f", {len(result.failed)} failed" if result.failed else ""
     table = Table(title=f"aggregate over {len(result.tracks)} track(s){failed} (dB)", title_justify="left")
     table.add_column("source")

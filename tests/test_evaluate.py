@@ -189,7 +189,16 @@ def test_cli_evaluate_goes_on_past_a_bad_track_and_exits_1(tmp_path, tiny_model)
 def test_cli_evaluate_bad_options_are_usage_errors_before_any_work(tmp_path):
     (tmp_path / "out.json").mkdir()
     for args in (["--overlap", "1"], ["--segment", "0"], ["--shifts", "-1"], ["--batch-size", "0"],
-                 ["--json", str(tmp_path / "out.json")]):
+                 ["--json", str(tmp_path / "out.json")], ["--json", "s.txt", "--csv", "./s.txt"]):
         run = _cli_evaluate(str(tmp_path), "--model-path", str(tmp_path / "none.safetensors"), *args)
         assert run.returncode == 2, (args, run.stderr)
         assert args[0] in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cli_evaluate_on_a_musdb_root_points_to_its_test_folder(tmp_path, tiny_model):
+    db = write_musdb(tmp_path / "db", train=1, valid=1, seconds=1.0)
+    (db / "valid").rename(db / "test")
+    save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    run = _cli_evaluate(str(db), "--model-path", str(tmp_path / "tiny.safetensors"), "--no-bss")
+    assert run.returncode == 1 and "no track could be scored (2 failed)" in run.stderr
+    assert f"give its test folder, {db / 'test'}" in run.stderr.replace("\n", "")
