@@ -157,7 +157,7 @@ def test_a_new_run_in_a_used_folder_starts_its_own_log(tmp_path):
 def test_a_run_folder_is_never_overwritten_and_a_resume_must_fit_it(tmp_path):
     """A new run in a folder holding one deleted its log at once and replaced its checkpoints at the
     first save; a resume with other model settings failed on a cryptic state_dict error (or dropped
-    the EMA without a word), and one with --steps below the step reached did nothing and said so not."""
+    the EMA without a word), and one with --steps below the step reached did nothing and said nothing."""
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
     cfg = _config(tmp_path, musdb=root, steps=2, checkpoint_every=2, valid_every=2)
     train(cfg)
