@@ -95,19 +95,23 @@ class StreamResampler:
             return block.new_zeros(block.shape[0], 0)
         return self._run(ready, final=False)
 
-    def flush(self) -> torch.Tensor:
-        """Returns the remaining output once the input has ended."""
+    def flush(self, full: bool = False) -> torch.Tensor:
+        """Returns the remaining output once the input has ended.
+
+        The output has floor(n * new / old) samples in all, or with `full` ceil(n * new / old): the
+        last one then reaches past the input's end, where julius replicates the last sample.
+        """
         if self._resample is None or self._pending is None:
             return torch.zeros(self._channels, 0)
-        return self._run(self._pending.shape[-1], final=True)
+        return self._run(self._pending.shape[-1], final=True, full=full)
 
-    def _run(self, consume: int, final: bool) -> torch.Tensor:
+    def _run(self, consume: int, final: bool, full: bool = False) -> torch.Tensor:
         assert self._pending is not None and self._resample is not None
         history = self._history
         left = 0 if history is None else history.shape[-1]
         joined = self._pending if history is None else torch.cat([history, self._pending], -1)
         chunk = joined if final else joined[..., : left + consume + self._context]
-        out = self._resample(chunk)
+        out = self._resample(chunk, full=full)
         skip = left // self.old * self.new
         take = out.shape[-1] - skip if final else consume // self.old * self.new
         if final:

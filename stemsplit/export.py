@@ -66,6 +66,21 @@ def output_stems(sources: Sequence[str], stems: Optional[Sequence[str]], two_ste
     return list(dict.fromkeys(stems))
 
 
+def _fit_length(tail: torch.Tensor, frames: int) -> torch.Tensor:
+    """The stems' last block cut or extended to `frames` samples.
+
+    Resampling to the model's rate and back rounds the length down twice, losing up to two input
+    samples; the resampler's full output gives back all but at most one of them, and a last
+    missing sample repeats its neighbour (a zero there was a click in every stem, and the stems
+    no longer summed to the mixture).
+    """
+    if tail.shape[-1] >= frames:
+        return tail[..., : max(frames, 0)]
+    if tail.shape[-1] == 0:
+        return tail.new_zeros(*tail.shape[:-1], frames)
+    return torch.cat([tail, tail[..., -1:].expand(*tail.shape[:-1], frames - tail.shape[-1])], -1)
+
+
 class _Spool:
     """Raw float32 frames in a hidden file next to the final output (for two-pass rescaling)."""
 
@@ -230,10 +245,11 @@ def _separate_spooled(
             if rest_first:
                 block = with_rest(block, loaded.signal, start)
             emit(resampler.push(block.flatten(0, 1)).unflatten(0, (stems_count, channels)))
-        emit(resampler.flush().reshape(stems_count, channels, -1))
-        if out_rate == loaded.native_samplerate and written < loaded.native_frames:
-            # resampling there and back can lose the last input sample: keep the input's length
-            emit(torch.zeros(stems_count, channels, loaded.native_frames - written))
+        same_rate = out_rate == loaded.native_samplerate
+        tail = resampler.flush(full=same_rate).reshape(stems_count, channels, -1)
+        if same_rate:  # keep the input's length exactly
+            tail = _fit_length(tail, loaded.native_frames - written)
+        emit(tail)
 
         scale = 1.0
         writers = sinks
