@@ -121,3 +121,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         discard(temp)
         raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write `text` to `path` as UTF-8 through `atomic_path`, without newline translation (a CSV
+    brings its own line ends); small files whose readers must never see them cut (logs, configs,
+    score tables)."""
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from stemsplit.atomic import atomic_path
+from stemsplit.atomic import write_text
 from stemsplit.errors import DataError, ModelError, StemsplitError
 from stemsplit.train.data import Track, check_track, track_folders
 
@@ -88,10 +88,9 @@ class Evaluation:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    """Write `text` as UTF-8 without newline translation (CSV brings its own line ends)."""
+    """Write `text` atomically; a failure is a StemsplitError naming the scores file."""
     try:
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        write_text(path, text)
     except OSError as exc:
         raise StemsplitError(f"{path}: cannot write the scores ({exc.strerror or exc})") from exc
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from stemsplit.atomic import atomic_path
+from stemsplit.atomic import write_text
 from stemsplit.errors import CheckpointError, ModelError
 from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
@@ -169,8 +169,7 @@ def _truncate_log(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    with atomic_path(path) as tmp:  # an interrupt here must not cut the log it is trimming
-        tmp.write_text("".join(kept), encoding="utf-8")
+    write_text(path, "".join(kept))  # atomically: an interrupt here must not cut the log it is trimming
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -231,8 +230,9 @@ def train(cfg: TrainConfig, progress: Optional[Progress] = None) -> Path:
         distributed.teardown(dist, finished)
 
 
-def _open_run(cfg: TrainConfig) -> Optional[dict[str, Any]]:
-    """The state to resume from, checked against this run's settings, or None for a new run.
+def _open_run(cfg: TrainConfig, settings: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The state to resume from, checked against this run's `settings` (`cfg` as JSON), or None for
+    a new run.
 
     Checked before the model is built or the data scanned, so that a mistake is reported at once:
     a new run in a folder holding another would overwrite it (its log at once, its checkpoints at
@@ -254,10 +254,9 @@ def _open_run(cfg: TrainConfig) -> Optional[dict[str, Any]]:
                               f"(missing or malformed: {', '.join(missing) or 'step'})")
     started = state.get("config")  # absent in states written before it was stored
     if isinstance(started, dict):
-        now = to_jsonable(cfg)
         changed = []
         for key in FIXED_ON_RESUME:
-            old, new = started.get(key), now[key]
+            old, new = started.get(key), settings[key]
             if isinstance(old, dict) and isinstance(new, dict):  # name the kwargs that differ, not all of them
                 changed += [f"{key} {k}: {old.get(k)!r}, now {new.get(k)!r}" for k in sorted({*old, *new})
                             if old.get(k) != new.get(k)]
@@ -275,7 +274,8 @@ def _open_run(cfg: TrainConfig) -> Optional[dict[str, Any]]:
 def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dist, device: torch.device) -> Path:
     from stemsplit.checkpoint import save_checkpoint
 
-    state = _open_run(cfg)
+    settings = to_jsonable(cfg)  # recorded in config.json, every checkpoint and state
+    state = _open_run(cfg, settings)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
@@ -325,8 +325,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
             _truncate_log(out_dir / "log.jsonl", start)
         else:  # a new run where one died before its first checkpoint: its log is its own curve
             (out_dir / "log.jsonl").unlink(missing_ok=True)
-        with atomic_path(out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(to_jsonable(cfg), indent=2))
+        write_text(out_dir / "config.json", json.dumps(settings, indent=2))
     log = _Log(out_dir / "log.jsonl" if dist.main else None, progress)
 
     net: torch.nn.Module = model
@@ -342,13 +341,13 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
 
     def save(step: int, loss: float, scores: Optional[dict[str, float]]) -> None:
         summary = {"step": step, "steps": cfg.steps, "loss": loss, "valid_usdr": scores, "ema": cfg.ema_decay,
-                   "config": to_jsonable(cfg)}
+                   "config": settings}
         with weights():
             save_checkpoint(model, last_path, training=summary)
         save_state(state_path, {
             "step": step, "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "rng": _rng_state(device), "config": to_jsonable(cfg)})
+            "rng": _rng_state(device), "config": settings})
         log({"event": "checkpoint", "step": step, "path": str(last_path)})
 
     model.train()
@@ -392,7 +391,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
                 if improved and dist.main:
                     with weights():
                         save_checkpoint(model, best_path, training={"step": done, "valid_usdr": scores,
-                                                                    "config": to_jsonable(cfg)})
+                                                                    "config": settings})
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 if dist.main:
                     save(done, loss_value, scores)
