@@ -87,7 +87,7 @@ class StreamResampler:
     def push(self, block: torch.Tensor) -> torch.Tensor:
         """Feed `(channels, n)` samples; returns the output samples that are now final."""
         self._channels = block.shape[0]
-        if self._resample is None:
+        if self._resample is None or block.shape[-1] == 0:  # (julius cannot take an empty signal)
             return block
         self._pending = block if self._pending is None else torch.cat([self._pending, block], -1)
         ready = (self._pending.shape[-1] - self._context) // self.old * self.old
@@ -122,12 +122,33 @@ class StreamResampler:
         return out[..., skip : skip + take]
 
 
-def resample(wav: torch.Tensor, old_sr: int, new_sr: int) -> torch.Tensor:
-    """Resample `(channels, time)` from `old_sr` to `new_sr` with julius (identity when equal)."""
-    if old_sr == new_sr:
-        return wav
-    resampler = StreamResampler(old_sr, new_sr)
-    return torch.cat([resampler.push(wav), resampler.flush()], -1)
+def resample(wav: torch.Tensor, old_sr: int, new_sr: int, length: Optional[int] = None) -> torch.Tensor:
+    """Resample `(..., time)` from `old_sr` to `new_sr` with julius (identity when equal).
+
+    With `length`, the result has exactly that many samples (see `fit_length`): the way back to
+    a signal's own rate after a trip to another one, where rounding lost a sample or two.
+    """
+    if old_sr != new_sr:
+        resampler = StreamResampler(old_sr, new_sr)
+        flat = wav.reshape(math.prod(wav.shape[:-1]), wav.shape[-1])  # (-1 is ambiguous when empty)
+        out = torch.cat([resampler.push(flat), resampler.flush(full=length is not None)], -1)
+        wav = out.reshape(*wav.shape[:-1], out.shape[-1])
+    return wav if length is None else fit_length(wav, length)
+
+
+def fit_length(wav: torch.Tensor, frames: int) -> torch.Tensor:
+    """`(..., time)` cut or extended to `frames` samples, a missing end repeating the last sample.
+
+    Resampling to a model's rate and back rounds the length down twice, losing up to two
+    samples; the resampler's full output (`flush(full=True)`) gives back all but at most one,
+    and repeating its neighbour for that one keeps the signal continuous: a zero there is a
+    click, and stems that no longer sum to their mixture.
+    """
+    if wav.shape[-1] >= frames:
+        return wav[..., : max(frames, 0)]
+    if wav.shape[-1] == 0:
+        return wav.new_zeros(*wav.shape[:-1], frames)
+    return torch.cat([wav, wav[..., -1:].expand(*wav.shape[:-1], frames - wav.shape[-1])], -1)
 
 
 # ---- decoding -----------------------------------------------------------------------------------
@@ -320,7 +341,9 @@ def _ffmpeg_source(path: Path, ffmpeg: str) -> _Source:
                 data = _read_exact(proc.stdout, _BLOCK_FRAMES * frame_bytes)
                 usable = len(data) // frame_bytes * frame_bytes
                 if usable:
-                    yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
+                    # a copy: a view of the immutable bytes is read-only, and torch warns on stderr
+                    # when it wraps one (a mono block is passed on without a transposing copy)
+                    yield np.frombuffer(data, dtype="<f4", count=usable // 4).reshape(-1, channels).copy()
                 if len(data) < _BLOCK_FRAMES * frame_bytes:
                     break
             # ffmpeg exits with 0 from a truncated or damaged file (a cut download, "File ended

@@ -226,6 +226,11 @@ def separate_batch(
             if clash:
                 raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
                                  "(tell them apart with {track} in the name template, or rename one)")
+            # a folder where a stem goes would pass for a finished output and the track be "skipped";
+            # with --overwrite it failed only after the whole separation, blaming "Not a directory"
+            folders = [p for p in targets.values() if os.path.isdir(p)]
+            if folders:
+                raise AudioError(f"{folders[0]}: is a folder, so the stem cannot be written there")
             claimed = list(targets.values())
             planned.update({p: track.input for p in claimed})
             # os.path.exists, not Path.exists: a name too long for the file system must fail this

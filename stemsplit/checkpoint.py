@@ -20,6 +20,8 @@ from __future__ import annotations
 import glob
 import inspect
 import json
+import math
+import numbers
 import os
 import pickle
 import types
@@ -40,6 +42,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 FORMAT_KEY = "stemsplit"
 FORMAT_VERSION = 1
 BAG_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+_ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's (zip) files begin
 
 # Official class paths (as pickled in `.th` files or named in safetensors exports) -> our names.
 OFFICIAL_CLASSES: Dict[str, str] = {
@@ -98,16 +101,51 @@ def _architectures() -> Dict[str, type]:
 
 
 def build_model(architecture: str, kwargs: Dict[str, Any]) -> nn.Module:
-    """Instantiate one of our architectures with (already decoded) constructor kwargs."""
+    """Instantiate one of our architectures with (already decoded) constructor kwargs.
+
+    Both come from a file or a config, so any type may turn up: kwargs the layers reject (a
+    negative channel count is torch's RuntimeError) are a CheckpointError like the others.
+    """
     classes = _architectures()
-    klass = classes.get(architecture)
+    klass = classes.get(architecture) if isinstance(architecture, str) else None
     if klass is None:
         known = ", ".join(sorted(classes))
         raise CheckpointError(f"unknown architecture {architecture!r} (known: {known})")
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"cannot build {architecture}: its kwargs are a {type(kwargs).__name__}, not a mapping")
     try:
         return klass(**kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         raise CheckpointError(f"cannot build {architecture} from the stored kwargs: {exc}") from exc
+
+
+def _build_for(spec: Dict[str, Any], path: Path) -> nn.Module:
+    """`build_model` for the model a file describes; its errors name the file."""
+    try:
+        return build_model(spec["architecture"], spec["kwargs"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _check_settings(model: nn.Module, path: Path) -> None:
+    """Refuse a model whose sources, rate, channels or segment separation cannot use.
+
+    The constructors store these as given, so a damaged or hand-edited file (samplerate "x",
+    segment -3, a source named twice) would load, then fail in the middle of a batch with the
+    blame on an audio file, or write two stems to one file.
+    """
+    sources = model.sources
+    if not (isinstance(sources, (list, tuple)) and sources and all(isinstance(s, str) and s for s in sources)
+            and len(set(sources)) == len(sources)):
+        raise CheckpointError(f"{path}: sources must be distinct non-empty names, got {sources!r}")
+    for name in ("samplerate", "audio_channels"):
+        value = getattr(model, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+            raise CheckpointError(f"{path}: {name} must be a positive integer, got {value!r}")
+    segment = model.segment
+    if not isinstance(segment, numbers.Real) or isinstance(segment, bool) or not (
+            math.isfinite(segment) and segment > 0):
+        raise CheckpointError(f"{path}: segment must be a positive number of seconds, got {segment!r}")
 
 
 def _architecture_name(model: nn.Module) -> str:
@@ -141,13 +179,14 @@ def _load_state(spec: Dict[str, Any], state: Dict[str, torch.Tensor], path: Path
             raise CheckpointError(f"{path}: state entry {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.float() if value.is_floating_point() else value
     with torch.device("meta"):
-        model = build_model(spec["architecture"], spec["kwargs"])
+        model = _build_for(spec, path)
     held = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
     assign = set(model.state_dict()) == held
     if not assign:
-        model = build_model(spec["architecture"], spec["kwargs"])
+        model = _build_for(spec, path)
     if spec["format"] == "stemsplit" and spec.get("segment") not in (None, model.segment):
         model.segment = spec["segment"]  # saved after a bag or user changed it: keep what was saved
+    _check_settings(model, path)
     try:
         model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as exc:
@@ -316,6 +355,8 @@ def _safetensors_spec(path: Path, metadata: Dict[str, str]) -> Dict[str, Any]:
     try:
         if FORMAT_KEY in metadata:
             document = decode_json(json.loads(metadata[FORMAT_KEY]))
+            if not isinstance(document, dict) or not {"architecture", "kwargs"} <= set(document):
+                raise CheckpointError(f"{path}: malformed checkpoint metadata: no architecture and kwargs")
             return {"format": "stemsplit", **document}
         if "klass" in metadata:
             if "structure" in metadata:
@@ -324,7 +365,8 @@ def _safetensors_spec(path: Path, metadata: Dict[str, str]) -> Dict[str, Any]:
             args = decode_json(json.loads(metadata.get("args", "[]")))
             kwargs = decode_json(json.loads(metadata.get("kwargs", "{}")))
             return _official_spec("demucs-safetensors", architecture, args, kwargs, None, path)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ZeroDivisionError, RecursionError) as exc:
+        # a fraction over zero; JSON nested deeper than Python's recursion limit
         raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
     raise CheckpointError(f"{path} is a safetensors file without model metadata (not a stemsplit or Demucs checkpoint)")
 
@@ -368,17 +410,32 @@ class _ClassRef:
     __slots__ = ("architecture",)
 
     def __init__(self, architecture: str) -> None:
-        self.architecture = architecture
+        object.__setattr__(self, "architecture", architecture)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a pickle may not set {name!r} on a model class")  # the BUILD opcode
 
 
 def _allowed_globals() -> Dict[str, Any]:
-    """Everything an official Demucs package needs, and nothing that can run code."""
+    """Everything an official Demucs package needs, and nothing that can run code.
+
+    Fraction and torch's tensor rebuilder are handed out as fresh wrappers, never themselves: the
+    pickle BUILD opcode sets attributes on whatever object it is given, so a file could otherwise
+    rewrite `fractions.Fraction` or the rebuilder's `__defaults__` for the rest of the process,
+    even a file that is then refused. (OrderedDict is a builtin type: it cannot be changed.)
+    """
     import torch._utils
+
+    def fraction(*args: Any) -> Fraction:
+        return Fraction(*args)
+
+    def rebuild_tensor(*args: Any) -> torch.Tensor:
+        return torch._utils._rebuild_tensor_v2(*args)
 
     allowed: Dict[str, Any] = {
         "collections.OrderedDict": OrderedDict,
-        "fractions.Fraction": Fraction,
-        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+        "fractions.Fraction": fraction,
+        "torch._utils._rebuild_tensor_v2": rebuild_tensor,
     }
     for official, ours in OFFICIAL_CLASSES.items():
         allowed[official] = _ClassRef(ours)
@@ -414,6 +471,8 @@ def _read_package(path: Path) -> Dict[str, Any]:
             names = archive.namelist()
         if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
             raise CheckpointError(f"{path} is a TorchScript archive (it contains code); refusing to load it")
+    elif _head(path, len(_ZIP_MAGIC)) == _ZIP_MAGIC:  # torch itself only says "Invalid argument"
+        raise CheckpointError(f"{path} is a truncated or corrupted checkpoint (its zip directory is missing)")
     try:
         package = torch.load(path, map_location="cpu", pickle_module=_ALLOWLIST_PICKLE,
                              weights_only=False, mmap=False)
@@ -452,19 +511,32 @@ def _read_bag_file(path: Path) -> Dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path} is not a readable bag file: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable bag file: {_one_line(exc)}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("models"), list) or not document["models"]:
         raise CheckpointError(f"{path}: a bag file needs a non-empty 'models' list")
     weights = document.get("weights")
     segment = document.get("segment")
     if weights is not None and not (
         isinstance(weights, list) and all(isinstance(row, list) for row in weights)
-        and all(isinstance(w, (int, float)) for row in weights for w in row)
+        and all(_is_finite_number(w) for row in weights for w in row)
     ):
-        raise CheckpointError(f"{path}: 'weights' must be a list of lists of numbers")
-    if segment is not None and (not isinstance(segment, (int, float)) or segment <= 0):
+        raise CheckpointError(f"{path}: 'weights' must be a list of lists of finite numbers")
+    if segment is not None and not (_is_finite_number(segment) and segment > 0):
         raise CheckpointError(f"{path}: 'segment' must be a positive number of seconds")
     return {"models": [str(member) for member in document["models"]], "weights": weights, "segment": segment}
+
+
+def _one_line(exc: Exception) -> str:
+    """An error as one line: a YAML error's own text quotes the offending line under a caret."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A real number that is not a bool and not NaN or infinite (YAML's `.nan`, JSON's `Infinity`)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve_member(folder: Path, entry: str, bag_path: Path) -> Path:
@@ -512,16 +584,21 @@ def _load_bag(path: Path) -> nn.Module:
 
 # ---- entry points ------------------------------------------------------------------------------
 
+def _head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of `path` (fewer if it is shorter)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _kind(path: Path) -> str:
     """Identify a file by its bytes (bag files by suffix): never trust the suffix for binaries."""
     if path.suffix.lower() in BAG_SUFFIXES:
         return "bag"
-    try:
-        with open(path, "rb") as file:
-            head = file.read(9)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    head = _head(path, 9)
+    if head[:4] == _ZIP_MAGIC or head[:1] == b"\x80":
         return "th"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"

@@ -537,19 +537,17 @@ def synth(
         options["exclude"] = exclude
     if soundfont:
         options.update(soundfont=soundfont, soundfont_share=soundfont_share)
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err) as bar:
-        task = bar.add_task("songs", total=songs)
-        try:
+    try:  # errors are reported after the bar has stopped, so that the error is the last line
+        with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err) as bar:
+            task = bar.add_task("songs", total=songs)
             folders = write_dataset(out_dir, songs, seconds, seed, samplerate, channels=channels,
                                     bit_depth=bit_depth, progress=lambda done, total: bar.update(task, completed=done),
                                     **options)
-        except ValueError as exc:  # options the generator cannot honour, refused before any file is written
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        except StemsplitError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+    except ValueError as exc:  # options the generator cannot honour, refused before any file is written
+        raise _fail(exc, 2) from None
+    except StemsplitError as exc:
+        raise _fail(exc, 1) from None
     Console().print(f"wrote {len(folders)} songs of {seconds:g} s to {out_dir}", highlight=False)
 
 

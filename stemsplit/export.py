@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from stemsplit.audio import (AudioWriter, SignalFile, SpooledAudio, StreamResampler, commit_together,
-                             encodable_samplerate, spool_audio, temp_path_for, write_error)
+                             encodable_samplerate, fit_length, mp3_compression_level, output_subtype, spool_audio,
+                             temp_path_for, write_error)
 from stemsplit.errors import ModelError
 from stemsplit.separate import Separator
 
@@ -64,21 +65,6 @@ def output_stems(sources: Sequence[str], stems: Optional[Sequence[str]], two_ste
     if unknown:
         raise ModelError(f"unknown stem(s) {', '.join(unknown)}; this model has {', '.join(sources)}")
     return list(dict.fromkeys(stems))
-
-
-def _fit_length(tail: torch.Tensor, frames: int) -> torch.Tensor:
-    """The stems' last block cut or extended to `frames` samples.
-
-    Resampling to the model's rate and back rounds the length down twice, losing up to two input
-    samples; the resampler's full output gives back all but at most one of them, and a last
-    missing sample repeats its neighbour (a zero there was a click in every stem, and the stems
-    no longer summed to the mixture).
-    """
-    if tail.shape[-1] >= frames:
-        return tail[..., : max(frames, 0)]
-    if tail.shape[-1] == 0:
-        return tail.new_zeros(*tail.shape[:-1], frames)
-    return torch.cat([tail, tail[..., -1:].expand(*tail.shape[:-1], frames - tail.shape[-1])], -1)
 
 
 class _Spool:
@@ -134,6 +120,11 @@ def separate_file(
     """
     if options.clip not in CLIP_MODES:
         raise ValueError(f"unknown clip mode {options.clip!r}")
+    # with clip="rescale" the stem files are opened only after the whole separation: an impossible
+    # format (flac at 32 bits, an unknown MP3 bitrate) must be refused before that work, not after
+    output_subtype(options.fmt, options.bit_depth)
+    if options.fmt == "mp3":
+        mp3_compression_level(options.mp3_bitrate)
     path = Path(path)
     # no_STEM is the mixture minus STEM at the output rate: keep the input at its own rate too
     keep_native = two_stems is not None and options.keep_samplerate
@@ -248,7 +239,7 @@ def _separate_spooled(
         same_rate = out_rate == loaded.native_samplerate
         tail = resampler.flush(full=same_rate).reshape(stems_count, channels, -1)
         if same_rate:  # keep the input's length exactly
-            tail = _fit_length(tail, loaded.native_frames - written)
+            tail = fit_length(tail, loaded.native_frames - written)
         emit(tail)
 
         scale = 1.0

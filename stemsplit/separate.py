@@ -439,9 +439,7 @@ def separate(
     stems = separator.separate_tensor(mix, sources)
     if channels == 1:
         stems = stems.mean(1, keepdim=True)
-    if rate != separator.samplerate:
-        stems = resample(stems.flatten(0, 1), separator.samplerate, rate).unflatten(0, stems.shape[:2])
-        # there and back loses up to a few samples at the end: give back the input's length
-        stems = torch.nn.functional.pad(stems, (0, max(0, length - stems.shape[-1])))[..., :length]
+    if rate != separator.samplerate:  # (there and back loses a sample or two: give back the input's length)
+        stems = resample(stems, separator.samplerate, rate, length=length)
     names = list(sources) if sources is not None else separator.sources
     return dict(zip(names, stems))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import shutil
 import subprocess
+import sys
 
 import julius
 import numpy as np
@@ -166,6 +167,19 @@ def test_m4a_is_decoded_through_ffmpeg(audio_dir):
     best = max(float(torch.nn.functional.cosine_similarity(
         wav[0, d : d + 40_000], reference[0, :40_000], dim=0)) for d in range(0, 3000, 1))
     assert best > 0.95
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_mono_input_through_ffmpeg_prints_no_warning(tmp_path):
+    """A mono block wrapped the pipe's read-only bytes as is, and torch printed a UserWarning on
+    stderr. torch warns once per process, so the decoding runs in a fresh one."""
+    path = tmp_path / "mono.m4a"
+    sf.write(tmp_path / "mono.wav", tone(0.5, 44100, 1), 44100)
+    subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-i", str(tmp_path / "mono.wav"), "-c:a", "aac",
+                    str(path)], check=True)
+    code = f"from stemsplit.audio import load_audio; print(load_audio({str(path)!r}, 44100, 2).wav.shape)"
+    run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")

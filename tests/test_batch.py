@@ -194,6 +194,20 @@ def test_a_name_too_long_for_the_file_system_fails_only_its_track(tmp_path, sepa
     assert sorted(p.name for p in out.iterdir()) == ["short_vocals.wav"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_where_a_stem_goes_fails_the_track_at_once(tmp_path, separator, overwrite):
+    """It counted as an existing output (the track was "skipped"), or with `overwrite` failed after
+    the separation on "Not a directory"."""
+    song = _song(tmp_path / "song.wav")
+    out = tmp_path / "out"
+    (out / "m" / "song" / "vocals.wav").mkdir(parents=True)
+    records = separate_batch([Track("song.wav", song)], separator, out, model="m", stems=["vocals"],
+                             options=EXACT, overwrite=overwrite)
+    assert records[0].status == "failed" and records[0].error.endswith("vocals.wav: is a folder, so the stem "
+                                                                        "cannot be written there")
+    assert separator.model.calls == 0
+
+
 def test_wrong_template_or_stems_refuse_before_any_track(tmp_path, separator):
     tracks = [Track("x.wav", _song(tmp_path / "x.wav"))]
     out = tmp_path / "out"

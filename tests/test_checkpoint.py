@@ -1,5 +1,6 @@
 """Checkpoint formats: native round trips, official .th packages and safetensors exports, bags,
 and the allowlist unpickler refusing anything that could run code."""
+import io
 import json
 import os
 import pickle
@@ -8,8 +9,10 @@ import types
 from fractions import Fraction
 
 import pytest
+import soundfile
 import torch
 import yaml
+from conftest import run_cli, tone
 from safetensors.torch import save_file
 
 import stemsplit.nn as snn
@@ -160,6 +163,58 @@ def test_safetensors_without_model_metadata_is_refused(tmp_path):
         checkpoint.load_checkpoint(path)
 
 
+def write_native(path, model, **changes):
+    """A native checkpoint of `model` whose metadata document has `changes` applied (None drops a
+    key; "kwargs.KEY" changes one constructor argument)."""
+    document = json.loads(json.dumps(checkpoint.encode_json({
+        "format_version": 1, "architecture": type(model).__name__, "kwargs": model.init_kwargs,
+        "sources": SOURCES, "samplerate": model.samplerate, "audio_channels": 2, "segment": 1.0})))
+    for key, value in changes.items():
+        target, key = (document["kwargs"], key[7:]) if key.startswith("kwargs.") else (document, key)
+        if value is None:
+            target.pop(key)
+        else:
+            target[key] = value
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"stemsplit": json.dumps(document)})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"kwargs.samplerate": "x"}, "samplerate must be a positive integer, got 'x'"),
+    ({"kwargs.samplerate": 0}, "samplerate must be a positive integer"),
+    ({"segment": -3}, "segment must be a positive number of seconds, got -3"),
+    ({"segment": "abc"}, "segment must be a positive number"),
+    ({"kwargs.sources": ["vocals", "vocals", "bass", "drums"]}, "sources must be distinct"),
+    ({"kwargs.channels": -1}, "cannot build Demucs from the stored kwargs: .*negative"),
+    ({"kwargs": [1, 2]}, "kwargs are a list"),
+    ({"architecture": ["Demucs"]}, "unknown architecture \\['Demucs'\\]"),
+    ({"architecture": None}, "no architecture and kwargs"),
+    ({"kwargs.segment": {"_type": "fraction", "numerator": 1, "denominator": 0}}, "malformed checkpoint metadata"),
+])
+def test_metadata_a_model_cannot_run_with_is_refused_naming_the_file(tmp_path, changes, message):
+    path = tmp_path / "edited.safetensors"
+    write_native(path, tiny("Demucs", segment=1.0), **changes)
+    with pytest.raises(CheckpointError, match=f"^{path}: .*{message}"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_a_bad_checkpoint_is_one_line_on_the_command_line(tmp_path):
+    soundfile.write(tmp_path / "song.wav", tone(0.5, 44100, 2), 44100)
+    write_native(tmp_path / "edited.safetensors", tiny("Demucs", samplerate=44100), **{"kwargs.samplerate": "x"})
+    result = run_cli("song.wav", "--model-path", "edited.safetensors", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: edited.safetensors: samplerate must be a positive integer, got 'x'"
+    assert not (tmp_path / "separated").exists()
+
+
+def test_a_truncated_th_file_says_so(tmp_path):
+    path = tmp_path / "model.th"
+    torch.save(official_package(official_model("Demucs")), path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.th is a truncated or corrupted checkpoint"):
+        checkpoint.load_checkpoint(path)
+
+
 # ---- official formats --------------------------------------------------------------------------
 
 def official_model(architecture, seed=0):
@@ -275,6 +330,32 @@ def test_allowlisted_classes_cannot_be_called_by_the_pickle(tmp_path):
     torch.save({"klass": _BuildsAModel(), "state": {}}, path)
     with pytest.raises(CheckpointError, match="constructs.th.*not callable"):
         checkpoint.load_checkpoint(path)
+
+
+def build_pickle(target: str, attribute: str) -> bytes:
+    """A pickle that fetches the global `target` ("module\\nname") and sets `attribute` = (1,) on
+    it with the BUILD opcode (state (None, {attribute: (1,)})), as any object's state is set."""
+    name = attribute.encode()
+    return (b"\x80\x02c" + target.encode() + b"\nN}X" + len(name).to_bytes(4, "little") + name
+            + b"K\x01\x85s\x86b.")
+
+
+@pytest.mark.parametrize("target, attribute", [("fractions\nFraction", "evil"),
+                                               ("torch._utils\n_rebuild_tensor_v2", "__defaults__")])
+def test_a_refused_pickle_has_not_changed_the_objects_it_may_use(tmp_path, target, attribute):
+    """`Fraction.evil = (1,)`, or torch's rebuilder's `__defaults__ = (1,)`, which breaks every
+    later torch.load of the process."""
+    before = (getattr(Fraction, "evil", None), torch._utils._rebuild_tensor_v2.__defaults__)
+    path = tmp_path / "build.th"
+    path.write_bytes(build_pickle(target, attribute))
+    with pytest.raises(CheckpointError, match="build.th"):
+        checkpoint.load_checkpoint(path)
+    assert (getattr(Fraction, "evil", None), torch._utils._rebuild_tensor_v2.__defaults__) == before
+
+
+def test_a_pickle_cannot_rename_the_model_class_it_refers_to():
+    with pytest.raises(AttributeError, match="may not set 'architecture'"):
+        checkpoint._allowlist_load(io.BytesIO(build_pickle("demucs.hdemucs\nHDemucs", "architecture")))
 
 
 def test_raw_pickle_that_would_run_a_command_is_refused(tmp_path):
@@ -394,6 +475,11 @@ def test_single_member_bag_is_the_member_with_the_bag_segment(tmp_path):
     ({"models": ["a.safetensors"], "weights": [[1, 1]]}, "weights"),
     ({"models": ["a.safetensors"], "weights": "heavy"}, "'weights' must be"),
     ({"models": ["a.safetensors"], "segment": -1}, "'segment' must be"),
+    ({"models": ["a.safetensors"], "segment": float("nan")}, "'segment' must be"),
+    ({"models": ["a.safetensors"], "segment": float("inf")}, "'segment' must be"),
+    ({"models": ["a.safetensors"], "segment": True}, "'segment' must be"),
+    ({"models": ["a.safetensors", "a.safetensors"], "weights": [[float("nan"), 1, 1, 1], [1, 1, 1, 1]]},
+     "'weights' must be"),
     ({"models": ["inner.yaml"]}, "cannot be nested"),
 ])
 def test_malformed_bags_are_checkpoint_errors(tmp_path, document, message):
@@ -403,6 +489,15 @@ def test_malformed_bags_are_checkpoint_errors(tmp_path, document, message):
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load_checkpoint(path)
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path):
+    path = tmp_path / "bag.yaml"
+    path.write_text("models: [a\n")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_checkpoint(path)
+    assert "\n" not in str(info.value) and "bag.yaml is not a readable bag file" in str(info.value)
+    assert "(line 2, column 1)" in str(info.value)
 
 
 def test_bag_members_with_different_sources_are_refused(tmp_path):

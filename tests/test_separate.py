@@ -167,6 +167,21 @@ def test_separate_api_on_files_and_tensors(tmp_path):
         assert separate(path, model, device="cpu")["bass"].shape == (1, frames)
 
 
+def test_separate_api_at_another_rate_keeps_the_last_samples():
+    """Back at the input's rate the stems lacked the sample or two lost to rounding, padded with
+    zeros: a click at the end of every stem (the CLI already gave them back). An input that
+    rounds to nothing at the model's rate crashed in julius."""
+    model = GainModel(samplerate=8000)
+    frames = 11025 + 7  # 11025 -> 8000 -> 11025 Hz loses samples at the end
+    mix = 0.5 * torch.cos(torch.arange(frames) / 11025 * 2 * torch.pi * 2).expand(2, -1)
+    stems = separate(mix, model, device="cpu", samplerate=11025)
+    assert stems["vocals"].shape == (2, frames)
+    # near the end the signal is ~0.5, and vocals are 0.4 x the (zero-mean) mix
+    torch.testing.assert_close(stems["vocals"][:, -3:], 0.4 * mix[:, -3:], atol=0.01, rtol=0)
+    for empty in (torch.zeros(2, 0), torch.zeros(2, 1)):  # one sample at 11025 Hz is none at 8000
+        assert separate(empty, model, device="cpu", samplerate=11025)["bass"].shape == empty.shape
+
+
 # ---- parity with the official implementation (test oracle) ----------------------------------
 
 

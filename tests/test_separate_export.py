@@ -84,6 +84,18 @@ def test_formats_and_bit_depths(tmp_path):
         assert sf.info(targets["vocals"]).subtype == subtype
 
 
+@pytest.mark.parametrize("options", [OutputOptions(fmt="flac", bit_depth=32), OutputOptions(fmt="ogg"),
+                                     OutputOptions(fmt="mp3", mp3_bitrate=100)])
+def test_an_impossible_output_format_is_refused_before_separating(tmp_path, options):
+    """With the default clip="rescale" the writers were opened after the whole separation."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 8000, 2), 8000)
+    model = GainModel()
+    with pytest.raises(ValueError):
+        separate_file(src, Separator(model, device="cpu"), _targets(tmp_path / "out", ["vocals"]), options)
+    assert model.calls == 0 and not (tmp_path / "out").exists()
+
+
 def test_output_stem_names():
     sources = ["drums", "bass", "other", "vocals"]
     assert output_stems(sources, None, None) == sources

@@ -10,7 +10,7 @@ import pytest
 import soundfile
 import torch
 
-from stemsplit.errors import AudioError
+from stemsplit.errors import AudioError, DataError
 from stemsplit.synth import SOURCES, SynthDataset, write_dataset
 
 
@@ -91,3 +91,59 @@ def test_write_dataset_refuses_bad_options_before_creating_anything(tmp_path):
     with pytest.raises(ValueError, match="nope"):
         write_dataset(out, 1, 1.0, seed=0, exclude=["nope"])
     assert not out.exists()
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_interrupted_song_leaves_no_mixed_or_partial_song_folder(tmp_path, monkeypatch):
+    old = write_dataset(tmp_path, songs=1, seconds=0.5, seed=1, samplerate=8000)[0]
+    before = _files(old)
+    real_write, calls = soundfile.write, []
+
+    def interrupted_on(n):
+        def write(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real_write(*args, **kwargs)
+        return write
+
+    # Ctrl-C at the third file of song 0: its old files, all of them, stay as they were
+    monkeypatch.setattr(soundfile, "write", interrupted_on(3))
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path, songs=2, seconds=0.5, seed=2, samplerate=8000)
+    assert _files(old) == before
+    # Ctrl-C at the third file of song 1: song 0 is the new one, whole; no folder for song 1
+    calls.clear()
+    monkeypatch.setattr(soundfile, "write", interrupted_on(8))
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path, songs=2, seconds=0.5, seed=2, samplerate=8000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song_00000"]
+    stems = {name: soundfile.read(old / f"{name}.wav", dtype="float32")[0] for name in ("mixture", *SOURCES)}
+    assert stems["mixture"].tobytes() != before["mixture.wav"]
+    assert np.array_equal(stems["mixture"], ((stems["drums"] + stems["bass"]) + stems["other"]) + stems["vocals"])
+    assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.parametrize("changes, error, message", [
+    (dict(seed=-1), ValueError, "seed must be >= 0"),
+    (dict(seconds=float("inf")), ValueError, "seconds must be a positive, finite number"),
+    (dict(samplerate=192001), ValueError, "samplerate must be 8000 to 192000 Hz"),
+    (dict(soundfont="missing.sf2"), DataError, "missing.sf2: soundfont not found"),
+])
+def test_write_dataset_refuses_impossible_settings_before_creating_anything(tmp_path, changes, error, message):
+    out = tmp_path / "never"
+    settings = {**dict(songs=1, seconds=0.5, seed=0, samplerate=8000, soundfont_share=0.01), **changes}
+    with pytest.raises(error, match=message):
+        write_dataset(out, **settings)
+    assert not out.exists()
+
+
+def test_cli_synth_bad_seed_is_one_line_and_writes_nothing(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "stemsplit", "synth", str(tmp_path / "out"), "--songs", "1",
+                          "--seconds", "0.5", "--seed", "-1"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == "error: seed must be >= 0, got -1"
+    assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()

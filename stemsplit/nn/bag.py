@@ -12,6 +12,7 @@ This module owns no file formats (see `checkpoint`) and does no segmenting (see 
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -76,8 +77,8 @@ class BagOfModels(nn.Module):
                 f"bag weights must be {len(models)} rows (one per model) of {len(sources)} numbers (one per source)"
             )
         rows = [[float(w) for w in row] for row in weights]
-        if any(w < 0 for row in rows for w in row):
-            raise ModelError("bag weights must not be negative")
+        if not all(0 <= w < math.inf for row in rows for w in row):  # NaN fails too: it would poison the average
+            raise ModelError("bag weights must be finite and not negative")
         for index, source in enumerate(sources):
             if all(row[index] == 0 for row in rows):
                 raise ModelError(f"bag weights are zero for source {source!r} in every model")

@@ -7,6 +7,7 @@ comes from numpy Generators seeded by the song seed.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -16,17 +17,22 @@ from stemsplit.synth import bass, compose, drums, effects, instruments, kit, sin
 
 F32 = np.float32
 SOURCES = ("drums", "bass", "other", "vocals")
+MIN_SAMPLERATE, MAX_SAMPLERATE = 8000, 192000
 # Sound sources that `exclude` can hold out, by family.
 COMPONENTS = {"drum kit": kit.KIT_KINDS, "bass voice": bass.VOICES, "instrument": instruments.KINDS,
               "voice type": tuple(singer.VOICE_TYPES), "vocal model": singer.MODELS}
 
 
 def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
-    """ValueError naming the first option `render_song` cannot honour (so callers fail before any work)."""
-    if not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if samplerate < 8000:
-        raise ValueError(f"samplerate must be at least 8000 Hz, got {samplerate}")
+    """ValueError naming the first option `render_song` cannot honour (so callers fail before any work).
+
+    The sample rate is capped as stemsplit's audio input is: beyond it the buffers of one song
+    outgrow the memory of most machines before anything says why.
+    """
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"seconds must be a positive, finite number, got {seconds}")
+    if not MIN_SAMPLERATE <= samplerate <= MAX_SAMPLERATE:
+        raise ValueError(f"samplerate must be {MIN_SAMPLERATE} to {MAX_SAMPLERATE} Hz, got {samplerate}")
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
     for s in styles or ():

@@ -71,6 +71,20 @@ def resolve(soundfont: str | Path, rng: np.random.Generator | None = None) -> Pa
     return path
 
 
+def check(soundfont: str | Path) -> None:
+    """DataError now if `soundfont` cannot be used: a missing file, no libfluidsynth, or a file
+    fluidsynth cannot load ("auto": none installed).
+
+    Stems go through the soundfont only by chance (`soundfont_share`), so without this a typo in
+    the path surfaces after some songs were written, or never. A named file is loaded here into
+    the per-process cache (`_keep_loaded`) that its first render would fill anyway.
+    """
+    path = resolve(soundfont)
+    _lib()
+    if str(soundfont) != "auto":
+        _keep_loaded(path)
+
+
 def _lib() -> ctypes.CDLL:
     """Load libfluidsynth once and declare the few functions used."""
     global _LIB

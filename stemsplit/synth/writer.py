@@ -1,32 +1,51 @@
 """write_dataset: a MUSDB-style folder of synthetic songs on disk.
 
 Owns the folder layout (`out_dir/<song>/{mixture,drums,bass,other,vocals}.wav`), the per-song
-seeds and atomic file writes. It must not render audio itself (song.py does) and must not
-import torch.
+seeds and atomic writes of whole songs. It must not render audio itself (song.py does) and must
+not import torch.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from stemsplit.atomic import atomic_path
+from stemsplit.atomic import commit_all, discard, temp_path_for
 from stemsplit.errors import AudioError
 from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed
 
 SUBTYPES = {"float": "FLOAT", "16": "PCM_16", "24": "PCM_24"}
 
 
-def _write_wav(path: Path, audio: np.ndarray, samplerate: int, subtype: str) -> None:
-    """Write (channels, time) audio to `path` through a temporary file and a rename."""
+def _write_song(folder: Path, stems: dict[str, np.ndarray], samplerate: int, subtype: str) -> None:
+    """Write the five files of one song as a group: all of them take their names, or none does.
+
+    Written one by one, a song interrupted (Ctrl-C, a full disk) part way would keep some files
+    of an earlier song of that name next to new ones, a complete-looking folder whose mixture is
+    not the sum of its stems, or a folder missing stems that a training run then stops on. A song
+    folder this call created is removed again when it fails.
+    """
     import soundfile
 
+    created = not folder.exists()
+    pairs: list[tuple[Path, Path]] = []
     try:
-        with atomic_path(path) as tmp:
-            soundfile.write(str(tmp), audio.T, samplerate, subtype=subtype, format="WAV")
-    except (OSError, RuntimeError, soundfile.SoundFileError) as exc:
-        raise AudioError(f"{path}: cannot write ({exc})") from exc
+        for name in ("mixture", *SOURCES):
+            final = folder / f"{name}.wav"
+            pairs.append((temp_path_for(final), final))
+            soundfile.write(str(pairs[-1][0]), stems[name].T, samplerate, subtype=subtype, format="WAV")
+        commit_all(pairs)
+    except BaseException as exc:
+        for temp, _ in pairs:
+            discard(temp)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(exc, (OSError, RuntimeError, soundfile.SoundFileError)):
+            raise AudioError(f"{folder}: cannot write the song ({exc})") from exc
+        raise
 
 
 def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, samplerate: int = 44100,
@@ -43,10 +62,16 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     """
     if songs < 0:
         raise ValueError(f"songs must be >= 0, got {songs}")
+    if seed < 0:  # numpy's own message ("expected non-negative integer") names no option
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if bit_depth not in SUBTYPES:
         raise ValueError(f"bit_depth must be one of {', '.join(SUBTYPES)}, got {bit_depth!r}")
     check_options(seconds, samplerate, channels, options.get("styles"), options.get("vocal_modes"),
                   options.get("exclude", ()))
+    if options.get("soundfont") is not None:
+        from stemsplit.synth import soundfont
+
+        soundfont.check(options["soundfont"])
     root = Path(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -56,9 +81,7 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     for i in range(songs):
         stems = render_song(song_seed(seed, i), seconds, samplerate, channels, **options)
         folder = root / f"song_{i:05d}"
-        folder.mkdir(exist_ok=True)
-        for name in ("mixture", *SOURCES):
-            _write_wav(folder / f"{name}.wav", stems[name], samplerate, SUBTYPES[bit_depth])
+        _write_song(folder, stems, samplerate, SUBTYPES[bit_depth])
         folders.append(folder)
         if progress is not None:
             progress(i + 1, songs)
