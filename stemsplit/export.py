@@ -219,6 +219,9 @@ def _separate_spooled(
             n = block.shape[-1]
             if n == 0:
                 return
+            if not bool(torch.isfinite(block).all()):  # clamping and the peak would hide it in the files
+                raise ModelError("the model's estimate has NaN or infinite samples (with --precision fp16 "
+                                 "or bf16, try fp32)")
             if two_stems is not None and mixture is not None:
                 block = with_rest(block, mixture, written)
             if options.clip == "clamp":

@@ -96,6 +96,26 @@ def test_an_impossible_output_format_is_refused_before_separating(tmp_path, opti
     assert model.calls == 0 and not (tmp_path / "out").exists()
 
 
+class _Overflow(GainModel):
+    """Half precision overflowing in the middle of a track: one segment comes out NaN."""
+
+    def forward(self, mix):
+        out = super().forward(mix)
+        return out.fill_(float("nan")) if self.calls == 2 else out
+
+
+@pytest.mark.parametrize("clip", ["rescale", "clamp", "none"])
+def test_a_nan_estimate_fails_the_track_and_writes_nothing(tmp_path, clip):
+    """NaN passed every clip mode into the stem files (the peak skipped it, clamping kept it)."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(3.0, 8000, 2), 8000)
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        separate_file(src, Separator(_Overflow(segment=1.0), device="cpu"), _targets(out, ["vocals", "bass"]),
+                      OutputOptions(clip=clip))
+    assert not out.exists()
+
+
 def test_output_stem_names():
     sources = ["drums", "bass", "other", "vocals"]
     assert output_stems(sources, None, None) == sources
