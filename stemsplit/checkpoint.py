@@ -143,8 +143,7 @@ def _check_settings(model: nn.Module, path: Path) -> None:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
             raise CheckpointError(f"{path}: {name} must be a positive integer, got {value!r}")
     segment = model.segment
-    if not isinstance(segment, numbers.Real) or isinstance(segment, bool) or not (
-            math.isfinite(segment) and segment > 0):
+    if not (_is_finite_number(segment) and segment > 0):
         raise CheckpointError(f"{path}: segment must be a positive number of seconds, got {segment!r}")
 
 
@@ -535,8 +534,9 @@ def _one_line(exc: Exception) -> str:
 
 
 def _is_finite_number(value: Any) -> bool:
-    """A real number that is not a bool and not NaN or infinite (YAML's `.nan`, JSON's `Infinity`)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real number (a Fraction too: official segments are) that is not a bool and not NaN or
+    infinite (YAML's `.nan`, JSON's `Infinity`)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve_member(folder: Path, entry: str, bag_path: Path) -> Path:

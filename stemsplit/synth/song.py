@@ -26,8 +26,8 @@ COMPONENTS = {"drum kit": kit.KIT_KINDS, "bass voice": bass.VOICES, "instrument"
 def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
     """ValueError naming the first option `render_song` cannot honour (so callers fail before any work).
 
-    The sample rate is capped as stemsplit's audio input is: beyond it the buffers of one song
-    outgrow the memory of most machines before anything says why.
+    The sample rate is capped at 192 kHz, the highest common studio rate: far beyond it the
+    buffers of one song outgrow the memory of most machines before anything says why.
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"seconds must be a positive, finite number, got {seconds}")
