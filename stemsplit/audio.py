@@ -681,6 +681,19 @@ def output_subtype(fmt: str, bit_depth: int) -> str:
     return table[fmt][bit_depth]
 
 
+# A WAV file's sizes are 32-bit fields, so past 4 GiB of samples its header lies (libsndfile
+# writes one that a reader takes for an eighth of the audio). RF64 is WAV with 64-bit sizes.
+_WAV_DATA_LIMIT = 0xFFFFFFFF - (1 << 20)  # (a margin for the header and a length estimate's error)
+_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
+
+
+def _container(fmt: str, subtype: str, channels: int, frames: Optional[int]) -> str:
+    """The libsndfile major format: `fmt`, except a WAV expected to outgrow its size fields."""
+    if fmt == "wav" and frames is not None and frames * channels * _SAMPLE_BYTES[subtype] > _WAV_DATA_LIMIT:
+        return "RF64"
+    return fmt.upper()
+
+
 def encodable_samplerate(fmt: str, samplerate: int) -> int:
     """The rate to write a `fmt` file at for a signal at `samplerate`.
 
@@ -728,6 +741,7 @@ class AudioWriter:
     Blocks go to a hidden temporary file in the target folder; `commit()` renames it to `path`,
     `abort()` deletes it. Used as a context manager it commits on success and aborts on any
     exception, KeyboardInterrupt included. Integer and MP3 outputs saturate at full scale.
+    `frames`, the expected length, lets a WAV longer than 4 GiB be written as RF64.
     """
 
     def __init__(
@@ -739,6 +753,7 @@ class AudioWriter:
         bit_depth: int = 16,
         fmt: Optional[str] = None,
         mp3_bitrate: int = 320,
+        frames: Optional[int] = None,
     ) -> None:
         self.path = Path(path)
         fmt = (fmt or self.path.suffix.lstrip(".")).lower()
@@ -750,7 +765,8 @@ class AudioWriter:
         self.temp = temp_path_for(self.path)
         try:
             self._file: Optional[sf.SoundFile] = sf.SoundFile(
-                str(self.temp), "w", samplerate, channels, subtype=subtype, format=fmt.upper(), **extra
+                str(self.temp), "w", samplerate, channels, subtype=subtype,
+                format=_container(fmt, subtype, channels, frames), **extra
             )
         except BaseException as exc:
             atomic.discard(self.temp)
@@ -840,6 +856,7 @@ def write_audio(
     """Write `(channels, time)` to `path` atomically (temporary file + rename)."""
     if wav.dim() != 2:
         raise ValueError(f"expected a (channels, time) tensor, got shape {tuple(wav.shape)}")
-    with AudioWriter(path, samplerate, wav.shape[0], bit_depth=bit_depth, fmt=fmt, mp3_bitrate=mp3_bitrate) as w:
+    with AudioWriter(path, samplerate, wav.shape[0], bit_depth=bit_depth, fmt=fmt, mp3_bitrate=mp3_bitrate,
+                     frames=wav.shape[-1]) as w:
         for start in range(0, wav.shape[-1], _BLOCK_FRAMES):
             w.write(wav[:, start : start + _BLOCK_FRAMES])

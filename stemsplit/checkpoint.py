@@ -598,10 +598,12 @@ def _kind(path: Path) -> str:
     if path.suffix.lower() in BAG_SUFFIXES:
         return "bag"
     head = _head(path, 9)
-    if head[:4] == _ZIP_MAGIC or head[:1] == b"\x80":
-        return "th"
+    # safetensors first: its header length is a little-endian u64 whose low byte may be 0x80,
+    # a pickle's first byte; no pickle torch writes has "{" as its ninth byte
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:4] == _ZIP_MAGIC or head[:1] == b"\x80":
+        return "th"
     raise CheckpointError(f"{path} is not a checkpoint stemsplit can read (safetensors, Demucs .th, bag .yaml/.json)")
 
 

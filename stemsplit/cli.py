@@ -276,7 +276,7 @@ def separate(
         raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
     from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
-    from stemsplit.errors import ModelError, StemsplitError, TemplateError
+    from stemsplit.errors import ModelError, SettingsError, StemsplitError, TemplateError
 
     try:
         check_template(filename)
@@ -307,6 +307,8 @@ def separate(
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
+    except SettingsError as exc:  # (a --segment or --overlap this model cannot run with)
+        raise _fail(exc, 2) from None
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
@@ -708,7 +710,7 @@ def evaluate(
     import torch
 
     from stemsplit.catalog import load_model
-    from stemsplit.errors import StemsplitError
+    from stemsplit.errors import SettingsError, StemsplitError
     from stemsplit.evaluate import evaluate as run_evaluation
 
     if model is not None and model_path is not None:
@@ -749,6 +751,8 @@ def evaluate(
         chosen = load_model(model_path if model_path is not None else model)
         result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
                                 overlap=overlap, shifts=shifts, batch_size=batch_size)
+    except SettingsError as exc:
+        raise _fail(exc, 2) from None
     except StemsplitError as exc:
         raise _fail(exc, 1) from None
     finally:

@@ -19,6 +19,11 @@ class ModelError(StemsplitError):
     """A model name is unknown, or a model cannot be built or used as asked."""
 
 
+class SettingsError(ModelError):
+    """A separation setting (segment, overlap, shifts, batch size) is impossible, or impossible
+    for this model; the CLI reports it as a usage error (exit 2), like a bad option value."""
+
+
 class CheckpointError(ModelError):
     """A checkpoint file is malformed, unsafe, or does not match its architecture."""
 

@@ -166,9 +166,9 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
 def _separate_and_score(runner: Any, model: torch.nn.Module, track: Track, bss: bool) -> dict[str, list[float]]:
     """Read one checked track at the model's rate and channels, separate its mixture and score it.
 
-    An estimate with NaN or infinite samples is refused here: every metric of it would be NaN,
-    which the tables and aggregates read as "undefined" (a silent reference) and skip, so a
-    broken model would pass as one with nothing to score.
+    The separator refuses an estimate with NaN or infinite samples (every metric of it would be
+    NaN, which the tables read as "undefined" and skip, so a broken model would pass as one with
+    nothing to score); its error gets the file's name here.
     """
     from stemsplit.audio import read_audio
 
@@ -177,8 +177,8 @@ def _separate_and_score(runner: Any, model: torch.nn.Module, track: Track, bss: 
     refs = torch.stack([read_audio(track.files[s], rate, channels)[0] for s in model.sources])
     if refs.shape[-1] != mix.shape[-1]:
         raise DataError(f"{track.files['mixture']}: length differs from its stems after resampling")
-    with torch.no_grad():
+    try:
         est = runner.separate_tensor(mix)
-    if not torch.isfinite(est).all():
-        raise ModelError(f"{track.files['mixture']}: the model's estimate has NaN or infinite samples")
+    except ModelError as exc:  # (the separator does not know the file)
+        raise ModelError(f"{track.files['mixture']}: {exc}") from None
     return score_track(refs, est, rate, bss)

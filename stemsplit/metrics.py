@@ -63,15 +63,19 @@ def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _lagged_correlations(a: torch.Tensor, b: torch.Tensor, n_fft: int, lags: torch.Tensor) -> torch.Tensor:
-    """sum_t a(t) b(t + k) for every lag k in `lags`, for flattened signals a (M, T) and b (N, T): (M, N, K)."""
-    fa = torch.fft.rfft(a, n_fft)
-    fb = torch.fft.rfft(b, n_fft)
-    out = torch.empty(a.shape[0], b.shape[0], lags.numel(), dtype=a.dtype)
+def _lagged_correlations(fa: torch.Tensor, b: torch.Tensor, n_fft: int, lags: torch.Tensor) -> torch.Tensor:
+    """sum_t a(t) b(t + k) for every lag k in `lags`: (M, N, K), for flattened signals a (M, T),
+    given as their spectra `fa = rfft(a, n_fft)`, and b (N, T).
+
+    The spectra of `b` are made one at a time and every product is inverted on its own: for a
+    7-minute track each full-length spectrum is a quarter of a gigabyte, so only a's are kept.
+    """
+    out = torch.empty(fa.shape[0], b.shape[0], lags.numel(), dtype=b.dtype)
     index = lags % n_fft
-    for m in range(a.shape[0]):  # pair by pair: one full-length inverse FFT in memory at a time
-        for n in range(b.shape[0]):
-            out[m, n] = torch.fft.irfft(fa[m].conj() * fb[n], n_fft)[index]
+    for n in range(b.shape[0]):
+        fb = torch.fft.rfft(b[n], n_fft)
+        for m in range(fa.shape[0]):
+            out[m, n] = torch.fft.irfft(fa[m].conj() * fb, n_fft)[index]
     return out
 
 
@@ -94,13 +98,15 @@ def _distortion_filters(ref: torch.Tensor, est: torch.Tensor, taps: int) -> tupl
     flat_ref = ref.reshape(sources * channels, length)
     lag = torch.arange(taps)
     # Gram matrix of the delayed references: <x_i(. - a), x_j(. - b)> = r_ij(a - b).
-    corr = _lagged_correlations(flat_ref, flat_ref, n_fft, torch.arange(-(taps - 1), taps))
+    spectra = torch.fft.rfft(flat_ref, n_fft)
+    corr = _lagged_correlations(spectra, flat_ref, n_fft, torch.arange(-(taps - 1), taps))
     gram = corr[:, :, (lag[:, None] - lag[None, :]) + taps - 1]  # (SC, SC, L, L)
     size = sources * channels * taps
     gram = gram.permute(0, 2, 1, 3).reshape(size, size)
     gram = gram + torch.finfo(torch.float64).eps * torch.eye(size, dtype=gram.dtype)
     # Right-hand sides: <x_j(. - a), est_c> = r_{x_j, est_c}(a).
-    rhs = _lagged_correlations(flat_ref, est.reshape(-1, length), n_fft, lag)  # (SC, S_est*C, L)
+    rhs = _lagged_correlations(spectra, est.reshape(-1, length), n_fft, lag)  # (SC, S_est*C, L)
+    del spectra  # (gigabytes for a long track; the solves below need none of it)
     rhs = rhs.permute(0, 2, 1).reshape(size, -1)
     all_filters = _solve(gram, rhs).reshape(sources, channels, taps, sources, channels)
     all_filters = all_filters.permute(3, 0, 1, 2, 4)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 import torch
 from torch import nn
 
-from stemsplit.errors import AudioError, ModelError
+from stemsplit.errors import AudioError, ModelError, SettingsError
 from stemsplit.nn.bag import has_fixed_segment
 
 Progress = Callable[[int, int], None]
@@ -198,6 +198,9 @@ class Separator:
             path). Both change the stems slightly (bf16: roughly 40-50 dB SNR from fp32), so they
             are an explicit choice, never the default.
         progress: called as `progress(done_segments, total_segments)` after every forward pass.
+
+    A forward pass whose output has NaN or infinite samples (e.g. fp16 overflow) raises
+    ModelError: no caller should turn it into audio.
     """
 
     def __init__(
@@ -214,13 +217,13 @@ class Separator:
         progress: Optional[Progress] = None,
     ) -> None:
         if not 0 <= overlap < 1:
-            raise ModelError(f"overlap must be in [0, 1), got {overlap}")
+            raise SettingsError(f"overlap must be in [0, 1), got {overlap}")
         if shifts < 0:
-            raise ModelError(f"shifts must be >= 0, got {shifts}")
+            raise SettingsError(f"shifts must be >= 0, got {shifts}")
         if batch_size < 1:
-            raise ModelError(f"batch size must be >= 1, got {batch_size}")
+            raise SettingsError(f"batch size must be >= 1, got {batch_size}")
         if segment is not None and not segment > 0:  # (NaN too)
-            raise ModelError(f"segment must be a positive number of seconds, got {segment}")
+            raise SettingsError(f"segment must be a positive number of seconds, got {segment}")
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
@@ -234,10 +237,15 @@ class Separator:
         for member in self.members:
             limit = float(member.segment)
             if segment is not None and has_fixed_segment(member) and segment > limit:
-                raise ModelError(
+                raise SettingsError(
                     f"segment {segment} s is longer than the {limit:.2f} s this model was trained on; "
                     "choose a smaller --segment"
                 )
+            seconds = limit if segment is None else segment
+            samples = int(min(member.samplerate * seconds, 2.0**62))  # (the planner's cap is far above this)
+            if int((1 - overlap) * samples) < 1:
+                raise SettingsError(f"a segment of {seconds} s with overlap {overlap} leaves no sample between "
+                                    "segments; raise --segment or lower --overlap")
             member.to(self.device)
             member.eval()
         self.samplerate: int = int(model.samplerate)
@@ -280,9 +288,7 @@ class Separator:
                 whole = math.ceil((length + max_shift) / (1 - self.overlap)) + 1
                 samples = min(samples, max(whole, self.samplerate * float(member.segment)))
             seg = int(samples)
-            stride = int((1 - self.overlap) * seg)
-            if seg < 1 or stride < 1:
-                raise ModelError(f"segment of {seconds} s with overlap {self.overlap} is too short")
+            stride = int((1 - self.overlap) * seg)  # (at least 1: checked at construction)
             # Draw every shift, even for members skipped below, so a seed means the same shifts.
             delays = [max_shift - rng.randint(0, max_shift) for _ in range(self.shifts)] or [0]
             if all(member_weights[k] == 0 for k in wanted):
@@ -338,6 +344,9 @@ class Separator:
             out = out.float()
             excess = out.shape[-1] - chunk
             out = out[..., excess // 2 : excess // 2 + chunk][:, lane.sources].to("cpu")
+        if not bool(torch.isfinite(out).all()):  # overlap-add, clamping and peaks would carry or hide it
+            hint = f" (it ran in {self.precision}: try fp32)" if self.precision in _AUTOCAST else ""
+            raise ModelError(f"the model's estimate has NaN or infinite samples{hint}")
         for i, offset in enumerate(batch):
             lane.accumulate(offset, out[i])
         lane.done += len(batch)

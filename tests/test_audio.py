@@ -365,6 +365,19 @@ def test_streamed_writer_equals_one_shot_write(tmp_path):
     assert torch.equal(back, wav)
 
 
+@pytest.mark.parametrize("depth, limit, container", [(16, 4 * 22050 - 1, "RF64"), (16, 4 * 22050, "WAV"),
+                                                     (24, 6 * 22050 - 1, "RF64"), (32, 8 * 22050 - 1, "RF64")])
+def test_a_wav_past_its_32_bit_sizes_is_written_as_rf64(tmp_path, monkeypatch, depth, limit, container):
+    """Past 4 GiB of samples a plain WAV's header gave readers an eighth of the audio; the limit is
+    lowered here to the size of one second of stereo."""
+    monkeypatch.setattr(audio, "_WAV_DATA_LIMIT", limit)
+    wav = torch.from_numpy(tone(1.0, 22050, 2).T.copy())
+    write_audio(tmp_path / "a.wav", wav, 22050, bit_depth=depth)
+    assert sf.info(tmp_path / "a.wav").format == container
+    back, _ = read_audio(tmp_path / "a.wav")
+    assert back.shape == wav.shape and torch.allclose(back, wav, atol=1e-4)
+
+
 def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -24,6 +24,7 @@ from demucs import transformer as ref_transformer  # noqa: E402
 
 from stemsplit.errors import ModelError  # noqa: E402
 from stemsplit.nn import ARCHITECTURES, Demucs, HDemucs, HTDemucs  # noqa: E402
+from stemsplit.nn.layers import LocalState  # noqa: E402
 from stemsplit.nn.transformer import CrossTransformerEncoder, sparse_pattern  # noqa: E402
 
 FOUR = ["drums", "bass", "other", "vocals"]
@@ -140,6 +141,19 @@ def test_demucs_valid_length_matches_reference(length, resample):
     kwargs = dict(sources=FOUR, channels=4, depth=3, resample=resample)
     ref, ours = _pair(ref_demucs.Demucs, Demucs, kwargs)
     assert ours.valid_length(length) == ref.valid_length(length)
+
+
+def test_local_state_never_attends_to_itself_even_at_large_activations():
+    """The reference sets each step's own logit to -100; offsetting it by -100 instead lets a
+    query-key product above ~100 (loud, trained activations) attend to itself after all."""
+    torch.manual_seed(0)
+    ref = ref_demucs.LocalState(8, heads=4, nfreqs=0, ndecay=4)
+    ours = LocalState(8, heads=4, ndecay=4)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = 30 * _mix(8, 50)
+    with torch.no_grad():
+        expected = ref(x)
+        assert (ours(x) - expected).abs().max().item() <= TOLERANCE * expected.abs().max().item()
 
 
 def test_demucs_loads_legacy_norm_slot_keys():

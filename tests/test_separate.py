@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tiny_demucs
 
-from stemsplit.errors import AudioError, ModelError
+from stemsplit.errors import AudioError, ModelError, SettingsError
 from stemsplit.separate import Separator, resolve_device, separate
 
 
@@ -68,6 +68,16 @@ def test_non_finite_mix_is_refused():
     mix[0, 10] = float("nan")
     with pytest.raises(AudioError, match="NaN"):
         Separator(GainModel(), device="cpu").separate_tensor(mix)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_estimate_is_refused_by_the_api(bad):
+    """`separate()` handed NaN stems back silently; only the file writers checked."""
+    model = GainModel(gains=(0.1, bad, 0.3, 0.4))
+    with pytest.raises(ModelError, match=r"estimate has NaN or infinite samples$"):
+        separate(torch.rand(2, 8000) - 0.5, model, device="cpu")
+    with pytest.raises(ModelError, match=r"infinite samples \(it ran in bf16: try fp32\)"):
+        Separator(model, device="cpu", precision="bf16").separate_tensor(torch.rand(2, 8000) - 0.5)
 
 
 def test_stream_blocks_are_consecutive_and_do_not_grow_with_track_length():
@@ -143,8 +153,12 @@ def test_devices_and_options_are_validated():
             Separator(GainModel(), device="cpu", precision="fp16")
     with pytest.raises(ModelError, match="overlap"):
         Separator(GainModel(), device="cpu", overlap=1.0)
-    with pytest.raises(ModelError, match="longer than"):
+    with pytest.raises(SettingsError, match="longer than"):
         Separator(GainModel(padding="fixed"), device="cpu", segment=2.0)
+    # stride 0: refused before any track, not once per track (the model's own 1 s at 8 kHz here)
+    with pytest.raises(SettingsError, match="a segment of 1.0 s with overlap 0.99999 leaves no sample"):
+        Separator(GainModel(), device="cpu", overlap=0.99999)
+    Separator(GainModel(), device="cpu", overlap=0.9998)  # 8000 * 0.0002 = 1.6: one sample apart is fine
 
 
 def test_separate_api_on_files_and_tensors(tmp_path):

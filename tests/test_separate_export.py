@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tone
 
+from stemsplit import audio
 from stemsplit.errors import AudioError, ModelError
 from stemsplit.export import OutputOptions, output_stems, separate_file
 from stemsplit.separate import Separator
@@ -82,6 +83,18 @@ def test_formats_and_bit_depths(tmp_path):
         targets = _targets(tmp_path / fmt, ["vocals"], fmt)
         separate_file(src, Separator(model, device="cpu"), targets, OutputOptions(fmt=fmt, bit_depth=depth))
         assert sf.info(targets["vocals"]).subtype == subtype
+
+
+@pytest.mark.parametrize("clip", ["rescale", "none"])
+def test_stems_too_long_for_wav_sizes_are_rf64(tmp_path, monkeypatch, clip):
+    """The stems' length is known before they are written: one past the (lowered) limit is RF64."""
+    monkeypatch.setattr(audio, "_WAV_DATA_LIMIT", 2 * 2 * 8000 - 1)  # one second, stereo, 16 bit
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 8000, 2), 8000)
+    targets = _targets(tmp_path / "out", ["vocals"])
+    separate_file(src, Separator(GainModel(), device="cpu"), targets, OutputOptions(clip=clip))
+    info = sf.info(targets["vocals"])
+    assert (info.format, info.frames) == ("RF64", 8000)
 
 
 @pytest.mark.parametrize("options", [OutputOptions(fmt="flac", bit_depth=32), OutputOptions(fmt="ogg"),

@@ -76,6 +76,37 @@ def test_resume_gives_the_same_next_losses(tmp_path):
     assert [r["step"] for r in steps if r["event"] == "valid"] == [4, 8]
 
 
+def test_resume_continues_the_global_random_streams_the_model_draws_from(tmp_path):
+    """HTDemucs draws dropout and positional-embedding jitter from torch's global generator, and
+    t_sin_random_shift from Python's `random`. Each step here draws from both as the model would:
+    a resumed run must draw what the uninterrupted one drew (the DataLoader's iterator took one more
+    torch number after the restore, and `random` was neither seeded nor saved)."""
+    import random
+
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+
+    def draws(cfg, stop_at_step=None):
+        out = []
+
+        def progress(record):
+            if record["event"] == "step":
+                out.append((record["step"], torch.rand(1).item(), random.random()))
+                if record["step"] == stop_at_step:
+                    raise _Stop
+
+        try:
+            train(cfg, progress=progress)
+        except _Stop:
+            pass
+        return out
+
+    common = dict(musdb=root, steps=6, checkpoint_every=3, valid_every=100, augment=NO_AUG)
+    straight = draws(_config(tmp_path / "a", **common))
+    random.seed(12345)  # whatever state the process is in, a run must start from its own seed
+    assert draws(_config(tmp_path / "b", **common), stop_at_step=4) == straight[:4]
+    assert draws(_config(tmp_path / "b", resume=True, **common)) == straight[3:]
+
+
 def test_folder_and_synth_data_with_a_worker_give_the_same_losses_as_without(tmp_path):
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
     common = dict(musdb=root, synth_weight=1.0, steps=3, valid_every=3, augment=dict(tempo=0.1))

@@ -172,26 +172,26 @@ class LocalState(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, steps = x.shape
 
-        def heads_first(t: torch.Tensor) -> torch.Tensor:
-            # (B, C, T) -> (B, heads, T, C // heads)
-            return t.view(batch, self.heads, -1, steps).transpose(2, 3)
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            # (B, C, T) -> (B, heads, C // heads, T)
+            return t.view(batch, self.heads, -1, steps)
 
-        positions = torch.arange(steps, device=x.device, dtype=x.dtype)
-        # bias[b, h, query, key]
-        bias = torch.zeros(steps, steps, device=x.device, dtype=x.dtype)
-        bias = bias.masked_fill(torch.eye(steps, device=x.device, dtype=torch.bool), -100.0)
-        bias = bias.expand(batch, self.heads, steps, steps)
+        queries, keys = split_heads(self.query(x)), split_heads(self.key(x))
+        # logits[b, h, query, key]
+        logits = torch.einsum("bhcq,bhck->bhqk", queries, keys) / queries.shape[2] ** 0.5
         if self.ndecay:
+            positions = torch.arange(steps, device=x.device, dtype=x.dtype)
             distance = (positions[:, None] - positions[None, :]).abs()
             rates = torch.arange(1, self.ndecay + 1, device=x.device, dtype=x.dtype)
             penalties = -rates[:, None, None] * distance / self.ndecay ** 0.5  # (D, Tq, Tk)
             mix = torch.sigmoid(self.query_decay(x).view(batch, self.heads, self.ndecay, steps)) / 2
-            bias = bias + torch.einsum("bhdq,dqk->bhqk", mix, penalties)
-        attended = F.scaled_dot_product_attention(
-            heads_first(self.query(x)), heads_first(self.key(x)), heads_first(self.content(x)),
-            attn_mask=bias)
-        attended = attended.transpose(2, 3).reshape(batch, channels, steps)
-        return x + self.proj(attended)
+            logits = logits + torch.einsum("bhdq,dqk->bhqk", mix, penalties)
+        # The own-step logit is replaced, not offset: added to a large query-key product, -100
+        # would not keep a step from attending to itself.
+        logits = logits.masked_fill(torch.eye(steps, device=x.device, dtype=torch.bool), -100.0)
+        attended = torch.einsum("bhqk,bhck->bhcq", logits.softmax(dim=-1),
+                                split_heads(self.content(x)))
+        return x + self.proj(attended.reshape(batch, channels, steps))
 
 
 class DConv(nn.Module):

@@ -27,7 +27,11 @@ def time_stretch(wav: torch.Tensor, rate: float, n_fft: int = 2048, hop: int = 5
     """Change the duration of `wav` (..., T) by 1/rate without changing pitch (phase vocoder).
 
     rate > 1 makes it shorter/faster. Magnitudes are interpolated between analysis frames and the
-    phase of each bin advances by its measured instantaneous frequency, so partials stay coherent.
+    phase of each spectral peak advances by its measured instantaneous frequency. The bins around a
+    peak keep their phase relative to it from the analysis frame (identity phase locking): advanced
+    on their own, every analysis pair read twice (rate < 1) added its per-bin differences again, and
+    those of the reflect-padded first frames are not a sine's, so a stretched or pitched-up sine
+    came out at a quarter of its amplitude.
     """
     if rate == 1:
         return wav
@@ -42,13 +46,30 @@ def time_stretch(wav: torch.Tensor, rate: float, n_fft: int = 2048, hop: int = 5
     left, right = spec[..., left_idx], spec[..., left_idx + 1]
     magnitude = (1 - frac) * left.abs() + frac * right.abs()
     expected = 2 * math.pi * hop * torch.arange(spec.shape[-2], device=wav.device, dtype=wav.dtype) / n_fft
-    deviation = right.angle() - left.angle() - expected[:, None]
+    analysis = left.angle()
+    deviation = right.angle() - analysis - expected[:, None]
     deviation = deviation - 2 * math.pi * torch.round(deviation / (2 * math.pi))
     advance = expected[:, None] + deviation
     phase = torch.cat([spec[..., :1].angle(), spec[..., :1].angle() + advance[..., :-1].cumsum(-1)], dim=-1)
+    owner = _nearest_peaks(magnitude)
+    phase = phase.gather(-2, owner) + analysis - analysis.gather(-2, owner)
     out_len = round(length / rate)
     out = torch.istft(torch.polar(magnitude, phase), n_fft, hop, window=window, length=out_len)
     return out.reshape(*wav.shape[:-1], out_len)
+
+
+def _nearest_peaks(magnitude: torch.Tensor) -> torch.Tensor:
+    """For each bin of `magnitude` (..., bins, frames), the index of the nearest local maximum in
+    its frame (ties to the lower one). The scans run with bins last, along memory: twice as fast."""
+    bins = magnitude.shape[-2]
+    mag = magnitude.transpose(-1, -2).contiguous()
+    index = torch.arange(bins, device=mag.device, dtype=torch.int32)
+    padded = torch.nn.functional.pad(mag, (1, 1), value=-1.0)
+    peak = (mag >= padded[..., :-2]) & (mag >= padded[..., 2:])
+    below = torch.where(peak, index, -bins).cummax(-1).values
+    above = bins - 1 - torch.where(peak.flip(-1), index, -bins).cummax(-1).values.flip(-1)
+    owner = torch.where(index - below <= above - index, below, above)
+    return owner.transpose(-1, -2).long()
 
 
 def pitch_shift(wav: torch.Tensor, semitones: float) -> torch.Tensor:

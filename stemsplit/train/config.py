@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,15 +156,19 @@ class TrainConfig:
 
 
 def _number(value: Any, kind: type, where: str) -> Any:
-    """A number from YAML or flags; YAML 1.1 reads `3e-4` (no dot) as a string, so strings count."""
+    """A finite number from YAML or flags; YAML 1.1 reads `3e-4` (no dot) as a string, so strings count.
+
+    inf and nan are refused: `--lr inf` trained on NaN to the end, `--segment inf` or `--shift inf`
+    crashed on an OverflowError, and an infinite data or source weight normalised to NaN.
+    """
     try:
         if isinstance(value, bool):
             raise ValueError(value)
         number = float(value)
-        if kind is int and not number.is_integer():
+        if not math.isfinite(number) or (kind is int and not number.is_integer()):
             raise ValueError(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from exc
+        raise ConfigError(f"{where}: expected a finite {kind.__name__}, got {value!r}") from exc
     return int(number) if kind is int else number
 
 

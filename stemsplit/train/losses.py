@@ -13,6 +13,10 @@ import torch
 from stemsplit.train.config import ConfigError
 
 _EPS = 1e-7
+_SILENT_FLOOR = 1e-2
+"""Spectral convergence divides by the reference's norm, floored at this fraction (-40 dB) of all
+the sources' norm together: a source silent in the whole batch (no vocals in an instrumental
+excerpt) would otherwise divide its estimate's leak by _EPS into a loss in the millions."""
 
 
 def _per_source(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
@@ -31,7 +35,8 @@ def waveform_loss(est: torch.Tensor, ref: torch.Tensor, kind: str = "l1") -> tor
 
 def stft_loss(est: torch.Tensor, ref: torch.Tensor, n_ffts: Sequence[int] = (512, 1024, 2048)) -> torch.Tensor:
     """Per-source multi-resolution STFT loss (S,): mean over FFT sizes of spectral convergence
-    (||R| - |E||_F / ||R||_F) plus the mean absolute difference of log magnitudes. Hop is n_fft/4."""
+    (||R| - |E||_F / ||R||_F, the denominator floored for a silent source, see _SILENT_FLOOR) plus the
+    mean absolute difference of log magnitudes. Hop is n_fft/4."""
     batch, sources, channels, length = est.shape
     est = est.float().reshape(-1, length)
     ref = ref.float().reshape(-1, length)
@@ -44,8 +49,10 @@ def stft_loss(est: torch.Tensor, ref: torch.Tensor, n_ffts: Sequence[int] = (512
             for x in (est, ref)
         ]
         e_mag, r_mag = mags
+        energy = r_mag.square().sum(dim=(0, 2, 3, 4))
+        floor = _SILENT_FLOOR * energy.sum().sqrt()
         convergence = (r_mag - e_mag).square().sum(dim=(0, 2, 3, 4)).sqrt() / (
-            r_mag.square().sum(dim=(0, 2, 3, 4)).sqrt() + _EPS)
+            energy.sqrt().maximum(floor) + _EPS)
         log_mag = (torch.log(r_mag + _EPS) - torch.log(e_mag + _EPS)).abs().mean(dim=(0, 2, 3, 4))
         total = total + convergence + log_mag
     return total / len(n_ffts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -173,7 +174,9 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """The global generators a model draws from while training: torch's (dropout, CaPE jitter) and
+    Python's (HTDemucs's t_sin_random_shift)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -181,6 +184,9 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if "python" in state:  # absent in states written before it was stored
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -202,7 +208,7 @@ def validate(model: torch.nn.Module, excerpts: list[tuple[torch.Tensor, torch.Te
     for mix, ref in excerpts:
         with autocast():
             est = model(mix.to(device))
-        scores.append(usdr(ref.to(device), est.float()).cpu())
+        scores.append(usdr(ref, est.float().cpu()))  # on the CPU: float64 scoring, which MPS lacks
         heard.append(audible(ref))
     model.train(was_training)
     score, keep = torch.cat(scores), torch.cat(heard)
@@ -277,6 +283,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     settings = to_jsonable(cfg)  # recorded in config.json, every checkpoint and state
     state = _open_run(cfg, settings)
     torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
     model = build_model(cfg)
     loss_fn = StemLoss(model.sources, cfg.loss, cfg.stft_weight, cfg.stft_ffts, cfg.source_weights)
     segment = float(cfg.segment if cfg.segment is not None else model.segment)
@@ -334,7 +341,10 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     loader = torch.utils.data.DataLoader(
         data.dataset, batch_size=cfg.batch_size, sampler=StepSampler(start, cfg.steps, cfg.batch_size, dist.rank, dist.world),
         collate_fn=data.collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False)
+        persistent_workers=False,
+        # its own generator: starting an iterator draws a seed, which from the global generator would
+        # shift every later dropout mask of a resumed run (restored before that draw) by one number
+        generator=torch.Generator().manual_seed(cfg.seed))
 
     def weights() -> Any:
         return ema.swapped(model) if ema is not None else contextlib.nullcontext(model)
