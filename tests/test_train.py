@@ -33,13 +33,14 @@ class _Stop(Exception):
     """Raised by a progress callback to interrupt a run, as a crash would."""
 
 
-def _losses(cfg, stop_at_step: int | None = None) -> list[float]:
-    """The loss of every step of a run, interrupted (like a crash) after step `stop_at_step`."""
-    losses: list[float] = []
+def _losses(cfg, stop_at_step: int | None = None, take=lambda record: record["loss"]) -> list:
+    """The loss (or `take(record)`) of every step of a run, interrupted (like a crash) after step
+    `stop_at_step`."""
+    losses: list = []
 
     def progress(record):
         if record["event"] == "step":
-            losses.append(record["loss"])
+            losses.append(take(record))
             if record["step"] == stop_at_step:
                 raise _Stop
 
@@ -86,19 +87,7 @@ def test_resume_continues_the_global_random_streams_the_model_draws_from(tmp_pat
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
 
     def draws(cfg, stop_at_step=None):
-        out = []
-
-        def progress(record):
-            if record["event"] == "step":
-                out.append((record["step"], torch.rand(1).item(), random.random()))
-                if record["step"] == stop_at_step:
-                    raise _Stop
-
-        try:
-            train(cfg, progress=progress)
-        except _Stop:
-            pass
-        return out
+        return _losses(cfg, stop_at_step, take=lambda record: (record["step"], torch.rand(1).item(), random.random()))
 
     common = dict(musdb=root, steps=6, checkpoint_every=3, valid_every=100, augment=NO_AUG)
     straight = draws(_config(tmp_path / "a", **common))
