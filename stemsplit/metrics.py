@@ -54,7 +54,8 @@ def si_sdr(ref: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
 #   SIR = |p_own|^2 / |p_all - p_own|^2, SAR = |p_all|^2 / |est - p_all|^2,
 # energies over the frame extended by the L - 1 samples the filters spill into. A ratio with a zero
 # denominator is +inf. Frames where any reference or any estimate is silent are NaN (undefined),
-# and `nanmedian` skips them; a source silent for a whole track has no BSSEval score (NaN).
+# and `nanmedian` skips them; so a source silent for a whole track leaves every source of that
+# track without a BSSEval score (NaN), as in museval.
 
 BSS_FILTER_TAPS = 512
 
