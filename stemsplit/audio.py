@@ -29,21 +29,11 @@ import soundfile as sf
 import torch
 
 from stemsplit import atomic
+from stemsplit.constants import (FFMPEG_EXTENSIONS, MP3_BITRATES, MP3_SAMPLERATES, OUTPUT_FORMATS,
+                                 SOUNDFILE_EXTENSIONS)
 from stemsplit.errors import AudioError
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-SOUNDFILE_EXTENSIONS = frozenset(
-    {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".w64", ".caf"}
-)
-FFMPEG_EXTENSIONS = frozenset(
-    {".m4a", ".aac", ".alac", ".wma", ".webm", ".weba", ".mka", ".mp4", ".m4v", ".mkv", ".mov", ".avi"}
-)
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
-
-OUTPUT_FORMATS = ("wav", "flac", "mp3")
-MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-MP3_SAMPLERATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1, 2 and 2.5
 
 _BLOCK_FRAMES = 1 << 18  # frames decoded per read: bounds the transient memory of decoding
 # julius builds a (new, 2 * width + old) kernel for the reduced ratio old:new; past this many

@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, Literal, Optional, Sequence, Union
 
-from stemsplit.audio import AUDIO_EXTENSIONS
-from stemsplit.catalog import DEFAULT_MODEL
+from stemsplit.constants import AUDIO_EXTENSIONS, DEFAULT_MODEL, DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from stemsplit.errors import AudioError, StemsplitError, TemplateError
 from stemsplit.export import OutputOptions, output_stems, separate_file
 from stemsplit.separate import Separator
 
-TEMPLATE = "{model}/{track}/{stem}.{ext}"
-TEMPLATE_FIELDS = ("model", "track", "stem", "ext")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -186,7 +183,7 @@ def separate_batch(
     out: Union[str, Path],
     *,
     model: str,
-    template: str = TEMPLATE,
+    template: str = DEFAULT_TEMPLATE,
     stems: Optional[Sequence[str]] = None,
     two_stems: Optional[str] = None,
     options: Optional[OutputOptions] = None,

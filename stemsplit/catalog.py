@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from stemsplit.atomic import commit, discard, temp_path_for
+from stemsplit.constants import DEFAULT_MODEL
 from stemsplit.errors import CheckpointError, DownloadError, ModelError
 
 try:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 OFFICIAL_ROOT = "https://dl.fbaipublicfiles.com/demucs/"
 REMOTE_ROOT_ENV = "STEMSPLIT_REMOTE_ROOT"
 CACHE_ENV = "STEMSPLIT_CACHE"
-DEFAULT_MODEL = "stemsplit_default"
 DEFAULT_FILE = "default.safetensors"
 
 FOUR_SOURCES = ("drums", "bass", "other", "vocals")

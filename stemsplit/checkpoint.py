@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from stemsplit.atomic import atomic_path
-from stemsplit.errors import CheckpointError, ModelError
+from stemsplit.errors import CheckpointError, ModelError, one_line
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -510,7 +510,7 @@ def _read_bag_file(path: Path) -> Dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path} is not a readable bag file: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{path} is not a readable bag file: {one_line(exc)}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("models"), list) or not document["models"]:
         raise CheckpointError(f"{path}: a bag file needs a non-empty 'models' list")
     weights = document.get("weights")
@@ -523,14 +523,6 @@ def _read_bag_file(path: Path) -> Dict[str, Any]:
     if segment is not None and not (_is_finite_number(segment) and segment > 0):
         raise CheckpointError(f"{path}: 'segment' must be a positive number of seconds")
     return {"models": [str(member) for member in document["models"]], "weights": weights, "segment": segment}
-
-
-def _one_line(exc: Exception) -> str:
-    """An error as one line: a YAML error's own text quotes the offending line under a caret."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if mark is not None and problem:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(exc).split())
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -13,6 +13,7 @@ import typer
 import typer.core
 
 from stemsplit import __version__
+from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE, MP3_BITRATES
 
 
 class _DefaultToSeparate(typer.core.TyperGroup):
@@ -82,8 +83,6 @@ class _Clip(str, enum.Enum):
     none = "none"
 
 
-_MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-_TEMPLATE = "{model}/{track}/{stem}.{ext}"  # stemsplit.batch.TEMPLATE, spelled out so --help needs no torch
 
 
 def _fail(message: object, code: int) -> "typer.Exit":
@@ -99,6 +98,11 @@ def _error_line(message: object) -> None:
     from rich.markup import escape
 
     Console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def _settings_failure(exc: Any) -> "typer.Exit":
+    """A SettingsError worded for the command line: the parameter it names becomes its flag."""
+    return _fail(f"--{exc.param.replace('_', '-')} {exc.reason}", 2)
 
 
 def _check_segments(segment: Optional[float], overlap: float) -> None:
@@ -220,7 +224,7 @@ def separate(
     repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look -n names up in "
                                         "(nothing is downloaded); not with --model-path.", file_okay=False),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
-    filename: str = typer.Option(_TEMPLATE, "--filename", help="Output path template inside --out, with "
+    filename: str = typer.Option(DEFAULT_TEMPLATE, "--filename", help="Output path template inside --out, with "
                                  "{model} {track} {stem} {ext}."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Write only these stems, comma separated "
                                         "(e.g. drums,vocals)."),
@@ -269,9 +273,9 @@ def separate(
         raise _fail("use either --stems or --two-stems, not both", 2)
     fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
     _check_segments(segment, overlap)
-    if mp3_bitrate not in _MP3_BITRATES:
+    if mp3_bitrate not in MP3_BITRATES:
         raise _fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
-                    f"(use one of {', '.join(map(str, _MP3_BITRATES))})", 2)
+                    f"(use one of {', '.join(map(str, MP3_BITRATES))})", 2)
     if fmt == "flac" and bit_depth == "32":
         raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
@@ -308,7 +312,7 @@ def separate(
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
     except SettingsError as exc:  # (a --segment or --overlap this model cannot run with)
-        raise _fail(exc, 2) from None
+        raise _settings_failure(exc) from None
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
@@ -405,7 +409,7 @@ def _models_info(name: str, as_json: bool) -> None:
 
     from stemsplit import catalog
 
-    if name == catalog.DEFAULT_MODEL:
+    if name == DEFAULT_MODEL:
         path = catalog.default_model_path()
         info = {"name": name, "default": True, "path": None if path is None else str(path), "cached": path is not None}
         files: list = []
@@ -460,7 +464,7 @@ def _models_path(name: Optional[str], as_json: bool) -> None:
 
     if name is None:
         paths = [str(catalog.cache_dir())]
-    elif name == catalog.DEFAULT_MODEL:
+    elif name == DEFAULT_MODEL:
         paths = [str(catalog.require_default_path())]
     else:
         paths = [str(catalog.cached_path(file)) for file in catalog.get_entry(name).files]
@@ -600,7 +604,8 @@ def train(
 ) -> None:
     """Train a separation model (hidden; see the README's advanced section)."""
     from stemsplit.errors import StemsplitError
-    from stemsplit.train.config import ConfigError, load_yaml, make_config, parse_assignments
+    from stemsplit.errors import ConfigError
+    from stemsplit.train.config import load_yaml, make_config, parse_assignments
 
     try:
         values = load_yaml(config) if config else {}
@@ -752,7 +757,7 @@ def evaluate(
         result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
                                 overlap=overlap, shifts=shifts, batch_size=batch_size)
     except SettingsError as exc:
-        raise _fail(exc, 2) from None
+        raise _settings_failure(exc) from None
     except StemsplitError as exc:
         raise _fail(exc, 1) from None
     finally:

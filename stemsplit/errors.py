@@ -20,8 +20,17 @@ class ModelError(StemsplitError):
 
 
 class SettingsError(ModelError):
-    """A separation setting (segment, overlap, shifts, batch size) is impossible, or impossible
-    for this model; the CLI reports it as a usage error (exit 2), like a bad option value."""
+    """A separation setting (segment, overlap, shifts, batch size, stems...) is impossible, or
+    impossible for this model; the CLI reports it as a usage error (exit 2), like a bad option value.
+
+    Carries the parameter's name apart from the reason, so that the API's message names the
+    parameter (`segment must be ...`) while the CLI names its flag (`--segment must be ...`).
+    """
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param} {reason}")
+        self.param = param
+        self.reason = reason
 
 
 class CheckpointError(ModelError):
@@ -36,6 +45,10 @@ class DataError(StemsplitError):
     """A training or evaluation data set is missing files or is inconsistent."""
 
 
+class ConfigError(StemsplitError):
+    """A training configuration (YAML file or flag) is malformed or contradictory."""
+
+
 class TemplateError(StemsplitError):
     """An output name template is malformed, lacks `{stem}`, or would write outside its folder.
 
@@ -47,3 +60,25 @@ class TemplateError(StemsplitError):
         super().__init__(f"output name template {template!r} {reason}")
         self.template = template
         self.reason = reason
+
+
+def quote(value: object, limit: int = 100) -> str:
+    """`repr(value)` cut to about `limit` characters: how a value read from a file appears in a
+    message, so that a hostile file cannot make an error line megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text as one short line, for messages that wrap another library's error.
+
+    A YAML error gives its problem and position (its own text quotes the offending line under a
+    caret); others their first line (torch's run to several), or their type when they have no text.
+    """
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        text = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

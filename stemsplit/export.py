@@ -24,10 +24,10 @@ import torch
 from stemsplit.audio import (AudioWriter, SignalFile, SpooledAudio, StreamResampler, commit_together,
                              encodable_samplerate, fit_length, mp3_compression_level, output_subtype, spool_audio,
                              temp_path_for, write_error)
+from stemsplit.constants import CLIP_MODES
 from stemsplit.errors import ModelError
 from stemsplit.separate import Separator
 
-CLIP_MODES = ("rescale", "clamp", "none")
 _SPOOL_READ_FRAMES = 1 << 18
 
 

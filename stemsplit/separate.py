@@ -23,12 +23,12 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 import torch
 from torch import nn
 
+from stemsplit.constants import PRECISIONS
 from stemsplit.errors import AudioError, ModelError, SettingsError
 from stemsplit.nn.bag import has_fixed_segment
 
 Progress = Callable[[int, int], None]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("fp32", *_AUTOCAST)
 
 
 class LongSignal(Protocol):
@@ -217,13 +217,13 @@ class Separator:
         progress: Optional[Progress] = None,
     ) -> None:
         if not 0 <= overlap < 1:
-            raise SettingsError(f"overlap must be in [0, 1), got {overlap}")
+            raise SettingsError("overlap", f"must be in [0, 1), got {overlap}")
         if shifts < 0:
-            raise SettingsError(f"shifts must be >= 0, got {shifts}")
+            raise SettingsError("shifts", f"must be >= 0, got {shifts}")
         if batch_size < 1:
-            raise SettingsError(f"batch size must be >= 1, got {batch_size}")
+            raise SettingsError("batch_size", f"must be >= 1, got {batch_size}")
         if segment is not None and not segment > 0:  # (NaN too)
-            raise SettingsError(f"segment must be a positive number of seconds, got {segment}")
+            raise SettingsError("segment", f"must be a positive number of seconds, got {segment}")
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
@@ -237,15 +237,13 @@ class Separator:
         for member in self.members:
             limit = float(member.segment)
             if segment is not None and has_fixed_segment(member) and segment > limit:
-                raise SettingsError(
-                    f"segment {segment} s is longer than the {limit:.2f} s this model was trained on; "
-                    "choose a smaller --segment"
-                )
+                raise SettingsError("segment", f"{segment} s is longer than the {limit:.2f} s this model was "
+                                               "trained on; choose a smaller one")
             seconds = limit if segment is None else segment
             samples = int(min(member.samplerate * seconds, 2.0**62))  # (the planner's cap is far above this)
             if int((1 - overlap) * samples) < 1:
-                raise SettingsError(f"a segment of {seconds} s with overlap {overlap} leaves no sample between "
-                                    "segments; raise --segment or lower --overlap")
+                raise SettingsError("segment", f"{seconds} s with overlap {overlap} leaves no sample between "
+                                               "segments; raise the segment or lower the overlap")
             member.to(self.device)
             member.eval()
         self.samplerate: int = int(model.samplerate)

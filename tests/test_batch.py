@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tone
 
-from stemsplit.batch import (TEMPLATE, BatchEvent, Track, check_template, expand_inputs, model_label,
+from stemsplit.batch import (BatchEvent, Track, check_template, expand_inputs, model_label,
                              separate_batch)
-from stemsplit.catalog import DEFAULT_MODEL
+from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE as TEMPLATE
 from stemsplit.errors import ModelError, TemplateError
 from stemsplit.export import OutputOptions
 from stemsplit.separate import Separator
@@ -29,12 +29,6 @@ def _song(path, seconds=0.4, seed=0):
 @pytest.fixture
 def separator():
     return Separator(GainModel(samplerate=RATE, segment=0.25), device="cpu")
-
-
-def test_cli_default_template_is_the_batch_default():
-    from stemsplit import cli
-
-    assert cli._TEMPLATE == TEMPLATE
 
 
 @pytest.mark.parametrize("template", [TEMPLATE, "{stem}.{ext}", "{track}-{stem}.{ext}", "a/{model}_{stem}.flac"])

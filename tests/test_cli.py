@@ -114,7 +114,7 @@ def test_two_stems_template_format_and_rate_options(tmp_path, audio_dir, tiny_ch
         (["--repo", "."], "use either --repo (with -n/--model) or --model-path, not both"),
         (["--segment", "nan"], "--segment must be a positive number of seconds, got nan"),
         # known only once the model is loaded; each track failed with exit 1
-        (["--overlap", "0.9999999999"], "leaves no sample between segments; raise --segment or lower --overlap"),
+        (["--overlap", "0.9999999999"], "--segment 1.0 s with overlap 0.9999999999 leaves no sample between segments; raise the segment or lower the overlap"),
         (["--segment", "1e-9"], "leaves no sample between segments"),
     ],
 )

@@ -156,7 +156,7 @@ def test_devices_and_options_are_validated():
     with pytest.raises(SettingsError, match="longer than"):
         Separator(GainModel(padding="fixed"), device="cpu", segment=2.0)
     # stride 0: refused before any track, not once per track (the model's own 1 s at 8 kHz here)
-    with pytest.raises(SettingsError, match="a segment of 1.0 s with overlap 0.99999 leaves no sample"):
+    with pytest.raises(SettingsError, match="segment 1.0 s with overlap 0.99999 leaves no sample"):
         Separator(GainModel(), device="cpu", overlap=0.99999)
     Separator(GainModel(), device="cpu", overlap=0.9998)  # 8000 * 0.0002 = 1.6: one sample apart is fine
 

@@ -13,7 +13,8 @@ import torch
 from test_train_data import RATE, write_musdb, write_track
 
 from stemsplit.checkpoint import read_metadata
-from stemsplit.train.config import ConfigError, make_config
+from stemsplit.errors import ConfigError
+from stemsplit.train.config import make_config
 from stemsplit.train.trainer import train
 
 TINY = dict(channels=8, depth=2, lstm_layers=0, resample=False, rewrite=False, glu=False, dconv_mode=0)

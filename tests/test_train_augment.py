@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stemsplit.train.augment import Augmenter, pitch_shift, time_stretch
-from stemsplit.train.config import AugmentConfig, ConfigError
+from stemsplit.errors import ConfigError
+from stemsplit.train.config import AugmentConfig
 
 RATE = 8000
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from stemsplit.errors import CheckpointError
-from stemsplit.train.config import ConfigError, load_yaml, make_config, parse_assignments
+from stemsplit.errors import ConfigError
+from stemsplit.train.config import load_yaml, make_config, parse_assignments
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss, stft_loss, waveform_loss
 from stemsplit.train.schedule import Schedule

@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from stemsplit.train.config import AugmentConfig, ConfigError
+from stemsplit.errors import ConfigError
+from stemsplit.train.config import AugmentConfig
 
 _RESAMPLE_BASE = 100
 """Pitch ratios are rounded to n/100 so julius resamples with a small rational ratio."""

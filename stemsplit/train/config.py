@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from stemsplit.errors import StemsplitError
+from stemsplit.errors import ConfigError
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
-
-
-class ConfigError(StemsplitError):
-    """A training configuration (YAML file or flag) is malformed or contradictory."""
 
 
 @dataclass

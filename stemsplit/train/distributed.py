@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from stemsplit.train.config import ConfigError
+from stemsplit.errors import ConfigError
 
 
 @dataclass(frozen=True)

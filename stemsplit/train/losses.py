@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from stemsplit.train.config import ConfigError
+from stemsplit.errors import ConfigError
 
 _EPS = 1e-7
 _SILENT_FLOOR = 1e-2

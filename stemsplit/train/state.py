@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from stemsplit.atomic import atomic_path
-from stemsplit.errors import CheckpointError
+from stemsplit.errors import CheckpointError, one_line
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -29,7 +29,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except RuntimeError as exc:
-        raise CheckpointError(f"cannot write {path}: {first_line(exc)} (is the disk full?)") from exc
+        raise CheckpointError(f"cannot write {path}: {one_line(exc)} (is the disk full?)") from exc
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -41,16 +41,9 @@ def load_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, OSError... for an empty, cut or foreign file
         # torch's refusal of a non-tensor object advises weights_only=False (running the file's code): not passed on
-        detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else first_line(exc)
+        detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else one_line(exc)
         raise CheckpointError(f"{path}: not a readable training state, damaged or not written by "
                               f"stemsplit train ({detail})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a training state written by stemsplit train")
     return state
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's text, or its type when it has none (EOFError()): the CLI
-    shows one line, and torch's messages run to several."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,16 +21,16 @@ from typing import Any, Callable, Optional
 import torch
 
 from stemsplit.atomic import write_text
-from stemsplit.errors import CheckpointError, ModelError
+from stemsplit.errors import CheckpointError, ConfigError, ModelError, one_line
 from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
-from stemsplit.train.config import ConfigError, TrainConfig, to_jsonable
+from stemsplit.train.config import TrainConfig, to_jsonable
 from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, SynthSource, scan_folder,
                                   split_roots, validation_set)
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss
 from stemsplit.train.schedule import Schedule
-from stemsplit.train.state import first_line, load_state, save_state
+from stemsplit.train.state import load_state, save_state
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -323,7 +323,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
                 ema.load_state_dict(state["ema"] or {})
             _set_rng_state(state["rng"], device)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            detail = first_line(exc)
+            detail = one_line(exc)
             raise CheckpointError(f"{state_path}: does not fit this model and configuration ({detail})") from exc
         start, best = state["step"], state["best"]
     if dist.main:
