@@ -22,7 +22,7 @@ import torch
 
 from stemsplit.atomic import write_text
 from stemsplit.errors import DataError, ModelError, StemsplitError
-from stemsplit.train.data import Track, check_track, track_folders
+from stemsplit.data.musdb import Track, check_track, track_folders
 
 FAST_METRICS = ("usdr", "si_sdr")
 BSS_METRICS = ("sdr", "isr", "sir", "sar")

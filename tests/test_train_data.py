@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 
 from stemsplit.errors import DataError
-from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, check_track, read_excerpt, scan_folder,
-                                  split_roots)
+from stemsplit.data.musdb import check_track, read_excerpt, scan_folder, split_roots
+from stemsplit.train.data import ExcerptDataset, FolderSource, StepSampler
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 RATE = 8000

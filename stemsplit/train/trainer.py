@@ -25,8 +25,8 @@ from stemsplit.errors import CheckpointError, ConfigError, ModelError, one_line
 from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
 from stemsplit.train.config import TrainConfig, to_jsonable
-from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, SynthSource, scan_folder,
-                                  split_roots, validation_set)
+from stemsplit.data.musdb import scan_folder, split_roots
+from stemsplit.train.data import ExcerptDataset, FolderSource, StepSampler, SynthSource, validation_set
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss
 from stemsplit.train.schedule import Schedule

@@ -1,0 +1,1 @@
+"""Data sets on disk (MUSDB-style folders) shared by training and evaluation."""
