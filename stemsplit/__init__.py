@@ -12,15 +12,16 @@ __version__ = "0.1.0"
 __all__ = ["Separator", "StemsplitError", "__version__", "list_models", "load_model", "separate"]
 
 _LAZY = {
-    "Separator": "stemsplit.separate",
-    "separate": "stemsplit.separate",
+    "Separator": "stemsplit.engine.separator",
+    "separate": "stemsplit.pipeline",
     "load_model": "stemsplit.catalog",
     "list_models": "stemsplit.catalog",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from stemsplit.catalog import list_models, load_model
-    from stemsplit.separate import Separator, separate
+    from stemsplit.engine.separator import Separator
+    from stemsplit.pipeline import separate
 
 
 def __getattr__(name: str) -> Any:

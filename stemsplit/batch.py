@@ -1,6 +1,6 @@
 """Many inputs -> stem files under one output folder, named by a template.
 
-Owns the batch around `export.separate_file`: checking the output name template, expanding
+Owns the batch around `pipeline.separate_file`: checking the output name template, expanding
 files, folders and glob patterns into tracks, rendering each stem's path, refusing a track whose
 outputs would overwrite an earlier track's, skipping tracks whose outputs all exist (unless asked
 to overwrite), and one record per track (ok, skipped or failed, with its outputs, duration and time
@@ -8,7 +8,7 @@ taken). A failing track never stops the batch: its error is recorded and the nex
 Progress goes to a callback as `BatchEvent`s.
 
 It must not print, parse command-line options or choose exit codes (cli.py does), nor know how
-one track is decoded, separated or encoded (export.py does).
+one track is decoded, separated or encoded (pipeline.py does).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 from stemsplit.constants import AUDIO_EXTENSIONS, DEFAULT_MODEL, DEFAULT_TEMPLATE, TEMPLATE_FIELDS
 from stemsplit.errors import AudioError, StemsplitError, TemplateError
-from stemsplit.export import OutputOptions, output_stems, separate_file
-from stemsplit.separate import Separator
+from stemsplit.engine.separator import Separator
+from stemsplit.pipeline import OutputOptions, output_stems, separate_file
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -193,7 +193,7 @@ def separate_batch(
     """Separate every track into `out/<template>` and return one record per track, in order.
 
     `model` fills the template's `{model}` field (see `model_label`); `stems` and `two_stems`
-    choose the files written as in `export.output_stems`. The template and stems are checked
+    choose the files written as in `pipeline.output_stems`. The template and stems are checked
     first (TemplateError, ModelError) so that nothing runs when they are wrong. After that, a
     StemsplitError fails only its own track. While a track separates, `separator.progress` is
     borrowed to report `progress` events, and given back afterwards.

@@ -293,8 +293,8 @@ def separate(
     from rich.console import Console
 
     from stemsplit.catalog import load_model
-    from stemsplit.export import OutputOptions, output_stems
-    from stemsplit.separate import Separator
+    from stemsplit.engine.separator import Separator
+    from stemsplit.pipeline import OutputOptions, output_stems
 
     console = Console()
     tracks = expand_inputs(inputs, out)

@@ -133,7 +133,7 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
     `Evaluation.failed` (and a "failed" progress event) instead of stopping the run; bad options,
     or a root without tracks, still raise.
     """
-    from stemsplit.separate import Separator
+    from stemsplit.engine.separator import Separator
 
     sources = list(model.sources)
     checked, bad = find_tracks(root, sources, tracks)
@@ -164,21 +164,24 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
 
 
 def _separate_and_score(runner: Any, model: torch.nn.Module, track: Track, bss: bool) -> dict[str, list[float]]:
-    """Read one checked track at the model's rate and channels, separate its mixture and score it.
+    """Separate one checked track's mixture through the track pipeline at the model's rate and
+    channels, and score it against its stems read the same way.
 
     The separator refuses an estimate with NaN or infinite samples (every metric of it would be
     NaN, which the tables read as "undefined" and skip, so a broken model would pass as one with
     nothing to score); its error gets the file's name here.
     """
-    from stemsplit.audio import read_audio
+    from stemsplit.audio import load_audio
+    from stemsplit.pipeline import open_input, separate_audio
 
     rate, channels = int(model.samplerate), int(model.audio_channels)
-    mix, _ = read_audio(track.files["mixture"], rate, channels)
-    refs = torch.stack([read_audio(track.files[s], rate, channels)[0] for s in model.sources])
-    if refs.shape[-1] != mix.shape[-1]:
-        raise DataError(f"{track.files['mixture']}: length differs from its stems after resampling")
+    mixture = track.files["mixture"]
+    refs = torch.stack([load_audio(track.files[s], rate, channels).wav for s in model.sources])
     try:
-        est = runner.separate_tensor(mix)
+        with open_input(mixture, runner) as audio:
+            est = separate_audio(audio, runner, keep_samplerate=False, keep_channels=False)
     except ModelError as exc:  # (the separator does not know the file)
-        raise ModelError(f"{track.files['mixture']}: {exc}") from None
+        raise ModelError(f"{mixture}: {exc}") from None
+    if refs.shape[-1] != est.shape[-1]:
+        raise DataError(f"{mixture}: length differs from its stems after resampling")
     return score_track(refs, est, rate, bss)

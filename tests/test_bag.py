@@ -1,11 +1,13 @@
-"""Bags of models: validation, which members a set of stems needs, and the weighted combination
-matching the official `apply_model` on bags."""
+"""Bags of models: validation, which members a set of stems needs (engine.plan), and the weighted
+combination the Separator makes of them."""
 from fractions import Fraction
 
 import pytest
 import torch
 
 import stemsplit.nn as snn
+from stemsplit.engine import plan
+from stemsplit.engine.separator import Separator
 from stemsplit.errors import ModelError
 from stemsplit.nn.bag import BagOfModels
 
@@ -26,52 +28,57 @@ def tiny_htdemucs(seed=0, segment=Fraction(1, 2)):
     return snn.HTDemucs(sources=SOURCES, channels=16, depth=2, nfft=512, t_layers=1, segment=segment).eval()
 
 
-def test_members_for_skips_members_with_zero_weight_for_every_requested_stem():
+def _needed(bag, stems=None):
+    return plan.contributing(bag, plan.source_indices(bag.sources, stems))
+
+
+def test_only_members_with_a_weight_for_a_requested_stem_run():
     bag = BagOfModels([official_hdemucs(s) for s in range(4)], FT_WEIGHTS)
-    assert bag.members_for(["vocals"]) == [3]
-    assert bag.members_for(["drums", "vocals"]) == [0, 3]
-    assert bag.members_for() == [0, 1, 2, 3]
+    assert _needed(bag, ["vocals"]) == [3]
+    assert _needed(bag, ["drums", "vocals"]) == [0, 3]
+    assert _needed(bag) == [0, 1, 2, 3]
     mdx = BagOfModels([official_hdemucs(s) for s in range(4)], MDX_WEIGHTS)
-    assert mdx.members_for(["bass"]) == [0, 1]
-    assert mdx.members_for(["other"]) == [2, 3]
+    assert _needed(mdx, ["bass"]) == [0, 1]
+    assert _needed(mdx, ["other"]) == [2, 3]
 
 
-def test_forward_matches_official_apply_model_on_a_bag():
-    from demucs.apply import BagOfModels as OfficialBag
-    from demucs.apply import apply_model
+def _separate(model, mix, stems=None):
+    return Separator(model, device="cpu", segment=1.0).separate_tensor(mix, stems)
 
+
+def test_a_bag_is_the_per_source_weighted_average_of_its_members():
     members = [official_hdemucs(s) for s in range(4)]
-    ours = BagOfModels(members, MDX_WEIGHTS)
-    official = OfficialBag(members, MDX_WEIGHTS)
+    bag = BagOfModels(members, MDX_WEIGHTS)
     torch.manual_seed(3)
-    mix = torch.randn(2, 2, 8000)
-    with torch.no_grad():
-        expected = apply_model(official, mix, shifts=0, split=False)
-        got = ours(mix)
-    assert got.shape == (2, 4, 2, 8000)
+    mix = torch.randn(2, 30000)
+    each = torch.stack([_separate(m, mix) for m in members])  # (member, source, channel, time)
+    weights = torch.tensor(MDX_WEIGHTS, dtype=torch.float32)[:, :, None, None]
+    expected = (each * weights).sum(0) / weights.sum(0)
+    got = _separate(bag, mix)
+    assert got.shape == (4, 2, 30000)
     assert (got - expected).abs().max() <= 1e-5
 
 
-def test_combining_only_the_needed_members_gives_the_same_requested_stems():
-    members = [official_hdemucs(s) for s in range(4)]
-    bag = BagOfModels(members, MDX_WEIGHTS)
+def test_running_only_the_needed_members_gives_the_same_requested_stems():
+    bag = BagOfModels([official_hdemucs(s) for s in range(4)], MDX_WEIGHTS)
     torch.manual_seed(4)
-    mix = torch.randn(1, 2, 6000)
-    with torch.no_grad():
-        full = bag(mix)
-        needed = bag.members_for(["bass"])
-        partial = bag.combine([(i, members[i](mix)) for i in needed])
-    assert torch.allclose(partial[:, 1], full[:, 1], atol=1e-6)
-    assert torch.equal(partial[:, 3], torch.zeros_like(partial[:, 3]))
+    mix = torch.randn(2, 20000)
+    full = _separate(bag, mix)
+    calls = []
+    for index, member in enumerate(bag.models):
+        member.register_forward_hook(lambda module, args, out, index=index: calls.append(index))
+    partial = _separate(bag, mix, ["bass"])
+    assert set(calls) == {0, 1}
+    assert torch.allclose(partial[0], full[1], atol=1e-6)
 
 
 def test_default_weights_are_a_plain_average():
     members = [official_hdemucs(s) for s in range(2)]
     bag = BagOfModels(members)
     assert bag.weights == [[1.0] * 4, [1.0] * 4]
-    mix = torch.randn(1, 2, 4000)
-    with torch.no_grad():
-        assert torch.allclose(bag(mix), (members[0](mix) + members[1](mix)) / 2, atol=1e-6)
+    mix = torch.randn(2, 12000)
+    assert torch.allclose(_separate(bag, mix), (_separate(members[0], mix) + _separate(members[1], mix)) / 2,
+                          atol=1e-6)
 
 
 def test_bag_exposes_the_model_attributes():
@@ -100,8 +107,8 @@ def test_nested_bags_and_unknown_sources_are_refused():
     inner = BagOfModels([official_hdemucs(0)])
     with pytest.raises(ModelError, match="nested"):
         BagOfModels([inner])
-    with pytest.raises(ModelError, match="unknown source 'kazoo'"):
-        inner.members_for(["kazoo"])
+    with pytest.raises(ModelError, match="unknown stem.*kazoo"):
+        _needed(inner, ["kazoo"])
 
 
 def test_bag_segment_overrides_members_but_never_lengthens_a_transformer():

@@ -13,8 +13,8 @@ from stemsplit.batch import (BatchEvent, Track, check_template, expand_inputs, m
                              separate_batch)
 from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE as TEMPLATE
 from stemsplit.errors import ModelError, TemplateError
-from stemsplit.export import OutputOptions
-from stemsplit.separate import Separator
+from stemsplit.pipeline import OutputOptions
+from stemsplit.engine.separator import Separator
 
 RATE = 8000
 EXACT = OutputOptions(bit_depth=32, clip="none")  # float wav, no rescaling: stems are exactly what the model gave

@@ -19,7 +19,7 @@ from stemsplit.audio import read_audio
 from stemsplit.checkpoint import build_model, save_checkpoint
 from stemsplit.errors import DataError, StemsplitError
 from stemsplit.evaluate import Evaluation, evaluate
-from stemsplit.separate import Separator
+from stemsplit.engine.separator import Separator
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 

@@ -18,7 +18,7 @@ import stemsplit.nn as snn
 from stemsplit.errors import ModelError
 from stemsplit.nn.layers import PointwiseConv1d
 from stemsplit.nn.transformer import _attend_by_head
-from stemsplit.separate import Separator
+from stemsplit.engine.separator import Separator
 
 
 def tiny_htdemucs(seed: int = 0) -> nn.Module:

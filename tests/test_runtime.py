@@ -51,6 +51,6 @@ def test_every_command_tunes_the_allocator() -> None:
 
 
 def test_commands_tune_but_the_library_does_not() -> None:
-    code = "import stemsplit, stemsplit.separate, stemsplit.cli; import sys; print('stemsplit.runtime' in sys.modules)"
+    code = "import stemsplit, stemsplit.engine.separator, stemsplit.cli; import sys; print('stemsplit.runtime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +14,8 @@ import torch
 from conftest import GainModel, gain_expected, tiny_demucs
 
 from stemsplit.errors import AudioError, ModelError, SettingsError
-from stemsplit.separate import Separator, resolve_device, separate
+from stemsplit.engine.separator import Separator, resolve_device
+from stemsplit.pipeline import separate
 
 
 def _mix(seconds: float, samplerate: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -256,3 +261,39 @@ def test_parity_on_stemsplit_htdemucs():
     mix = _mix(2.3, seed=9) * 0.5
     ours = Separator(model, device="cpu", batch_size=3).separate_tensor(mix)
     assert (ours - _official(model, mix)).abs().max() <= 1e-4
+
+
+def test_the_package_function_separate_is_not_shadowed_by_a_module(tmp_path):
+    """`stemsplit.separate` is the API function even after other names were imported lazily."""
+    code = "import stemsplit; stemsplit.Separator; print(stemsplit.separate)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<function separate")
+
+
+def test_memory_does_not_grow_with_shifts(tmp_path):
+    """Many shifts on a short track run one after another: each lane would otherwise hold its own
+    segment-long buffers (400 lanes of 6-s segments at 44.1 kHz were gigabytes)."""
+    code = textwrap.dedent("""
+        import resource, sys, torch
+        sys.path.insert(0, {tests!r})
+        from conftest import GainModel
+        from stemsplit.engine.separator import Separator
+        model = GainModel(samplerate=44100, segment=6.0)
+        out = Separator(model, device="cpu", shifts=400, seed=1).separate_tensor(torch.rand(2, 2 * 44100) - 0.5)
+        assert torch.isfinite(out).all() and model.calls == 400
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """).format(tests=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) < 1024, f"peak RSS {result.stdout.split()[-1]} MB"
+
+
+def test_lanes_one_after_another_give_the_same_stems_as_side_by_side():
+    model = GainModel(segment=0.5, padding="valid")
+    mix = torch.rand(2, 8000) - 0.5
+    long_mix = torch.rand(2, 80000) - 0.5
+    # 3 shifts of 0.5 s on 1 s run one after another; on 10 s, side by side
+    for signal in (mix, long_mix):
+        got = Separator(model, device="cpu", shifts=3, seed=2).separate_tensor(signal)
+        assert torch.allclose(got, gain_expected(model, signal), atol=1e-5)

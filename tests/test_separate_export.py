@@ -1,4 +1,4 @@
-"""stemsplit.export: one file in, stem files out — two stems, clipping, rates, atomicity."""
+"""stemsplit.pipeline: one file in, stem files out — two stems, clipping, rates, atomicity."""
 from __future__ import annotations
 
 import errno
@@ -11,8 +11,8 @@ from conftest import GainModel, gain_expected, tone
 
 from stemsplit import audio
 from stemsplit.errors import AudioError, ModelError
-from stemsplit.export import OutputOptions, output_stems, separate_file
-from stemsplit.separate import Separator
+from stemsplit.pipeline import OutputOptions, output_stems, separate_file
+from stemsplit.engine.separator import Separator
 
 
 def _targets(folder, names, ext="wav"):

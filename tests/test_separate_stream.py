@@ -16,8 +16,8 @@ from conftest import GainModel, tiny_demucs, tone
 
 from stemsplit.audio import SignalFile, load_audio, read_audio, spool_audio
 from stemsplit.errors import AudioError
-from stemsplit.export import OutputOptions, separate_file
-from stemsplit.separate import Separator, _mean_std
+from stemsplit.pipeline import OutputOptions, separate_file
+from stemsplit.engine.separator import Separator, _mean_std
 
 HAS_PROC_FD = Path("/proc/self/fd").is_dir()
 
@@ -141,8 +141,8 @@ def test_memory_does_not_grow_with_track_length(tmp_path):
         import numpy as np, soundfile as sf, torch
         sys.path.insert(0, sys.argv[3])
         from conftest import GainModel
-        from stemsplit.export import OutputOptions, separate_file
-        from stemsplit.separate import Separator
+        from stemsplit.pipeline import OutputOptions, separate_file
+        from stemsplit.engine.separator import Separator
         torch.set_num_threads(1)
         folder, minutes = sys.argv[1], float(sys.argv[2])
         src = f"{folder}/in{minutes:g}.wav"

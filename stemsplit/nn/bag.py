@@ -4,19 +4,17 @@ A bag looks like a single model (`samplerate`, `audio_channels`, `sources`, `seg
 `models` and per-model per-source `weights`. The estimate for source s is
 `sum_i w[i][s] * model_i(mix)[s] / sum_i w[i][s]`, as in the official Demucs bags.
 
-The Separator applies bags member by member (each member through its own segmenting), skips
-the members whose weights are zero for every requested stem and merges their outputs with these
-weights itself. `members_for` and `combine` state the same rules on whole tensors, and `forward`
-uses them to run a bag on a whole tensor at once, for tests and short inputs.
-This module owns no file formats (see `checkpoint`) and does no segmenting (see `separate`).
+A bag is a container that checks its members agree: it has no forward pass. Which members run
+and how their outputs are weighted is decided by `stemsplit.engine.plan` alone, and the
+Separator runs each member through its own segmenting.
+This module owns no file formats (see `models.checkpoint`) and does no segmenting (see `engine`).
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
-import torch
 from torch import nn
 
 from stemsplit.errors import ModelError
@@ -31,6 +29,12 @@ def has_fixed_segment(model: nn.Module) -> bool:
     The one test of this, for bag overrides and for the separation engine alike.
     """
     return bool(getattr(model, "use_train_segment", False))
+
+
+def is_bag(model: nn.Module) -> bool:
+    """True for a bag of models: the one test of it. By its attributes, so that any bag with
+    members and per-source weights (the reference's own class too) is run as a bag."""
+    return hasattr(model, "models") and hasattr(model, "weights")
 
 
 def override_segment(model: nn.Module, segment: Seconds) -> None:
@@ -96,49 +100,6 @@ class BagOfModels(nn.Module):
     def segment(self) -> Seconds:
         """The longest segment every member can take: the shortest member segment."""
         return min(member.segment for member in self.models)
-
-    def members_for(self, sources: Optional[Iterable[str]] = None) -> List[int]:
-        """Indices of the members that contribute to any of `sources` (all sources if None).
-
-        A member whose weight is zero for every requested source would not change the result,
-        so it need not run: htdemucs_ft asked for vocals only runs one model of four.
-        """
-        wanted = self.source_indices(sources)
-        return [i for i, row in enumerate(self.weights) if any(row[s] != 0 for s in wanted)]
-
-    def source_indices(self, sources: Optional[Iterable[str]] = None) -> List[int]:
-        """Positions of `sources` in `self.sources` (all of them if None)."""
-        if sources is None:
-            return list(range(len(self.sources)))
-        indices = []
-        for name in sources:
-            if name not in self.sources:
-                raise ModelError(f"unknown source {name!r}; this model has {', '.join(self.sources)}")
-            indices.append(self.sources.index(name))
-        return indices
-
-    def combine(self, estimates: Sequence[Tuple[int, torch.Tensor]]) -> torch.Tensor:
-        """Weighted per-source average of member outputs.
-
-        `estimates` holds (member index, output (B, S, C, T)) pairs, usually for the members in
-        `members_for(...)`. Sources that none of the given members contributes to come out as
-        zeros (they were not requested).
-        """
-        if not estimates:
-            raise ModelError("no member estimates to combine")
-        total = None
-        norm = torch.zeros(len(self.sources), dtype=torch.float64)
-        for index, estimate in estimates:
-            weight = torch.tensor(self.weights[index], dtype=torch.float64)
-            scaled = estimate * weight.to(estimate.dtype).to(estimate.device)[:, None, None]
-            total = scaled if total is None else total + scaled
-            norm += weight
-        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        return total / safe.to(total.dtype).to(total.device)[:, None, None]
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        """Run every contributing member on the whole of `mix` (B, C, T) -> (B, S, C, T)."""
-        return self.combine([(index, self.models[index](mix)) for index in self.members_for()])
 
 
 def _as_list(value: object) -> object:

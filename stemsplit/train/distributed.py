@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from stemsplit.engine.separator import resolve_device
 from stemsplit.errors import ConfigError
 
 
@@ -36,10 +37,8 @@ class Dist:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" is CUDA when present (one GPU per local rank), else CPU; anything else is taken as is."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """The engine's device choice (`auto`: CUDA, then MPS, then CPU), with one GPU per local rank."""
+    device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

@@ -1,34 +1,30 @@
-"""The separation engine: apply a model (or a bag of models) to a whole track in segments.
+"""The Separator: runs a separation plan over a whole track and yields the stems as a stream.
 
-Owns segmenting, padding, batching, the shift trick, weighted overlap-add, input normalisation,
-bag weighting and device placement. Results follow the reference `demucs.apply.apply_model`
-(same segment grid, triangular weights, padding with real context, same random shifts for a
-given seed) but are produced as a stream: `Separator.stream` yields finished stretches of output
-as soon as no later segment can touch them, so the caller can write them out and memory stays
-bounded by a few segments whatever the track length. The input is a tensor or any long signal
-read by slices (`LongSignal`, e.g. `stemsplit.audio.SignalFile`), so it need not be in memory
-either.
-
-It must not read or write files (see `stemsplit.audio` and `stemsplit.export`) and never prints;
-progress goes through a callback.
+Owns batching segments into forward passes, padding them with real context, input
+normalisation, device placement and precision, the weighted overlap-add of every lane into one
+output, the NaN check on estimates, and progress. What runs (grid, shifts, bag members and their
+weights) is decided by `engine.plan`. `Separator.stream` yields finished stretches of output as
+soon as no later segment can touch them, so memory is bounded by a few segments whatever the
+track's length; with more lanes (shifts x members) than that saves, it runs them one after
+another so that memory does not grow with `shifts` either. The input is a tensor or any long
+signal read by slices (`LongSignal`, e.g. `stemsplit.audio.spool.SignalFile`).
+It must not read or write files (see `stemsplit.pipeline`) and never prints.
 """
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import nn
 
 from stemsplit.constants import PRECISIONS
+from stemsplit.engine import plan
 from stemsplit.errors import AudioError, ModelError, SettingsError
-from stemsplit.nn.bag import has_fixed_segment
 
 Progress = Callable[[int, int], None]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+assert set(PRECISIONS) == {"fp32", *_AUTOCAST}
 
 
 class LongSignal(Protocol):
@@ -78,10 +74,6 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
     return device
 
 
-def _is_bag(model: nn.Module) -> bool:
-    return hasattr(model, "models") and hasattr(model, "weights")
-
-
 def _triangle(length: int, used: int) -> torch.Tensor:
     """The first `used` samples of the overlap-add weight of a `length`-sample segment.
 
@@ -117,31 +109,21 @@ def _mean_std(mix: Signal, block: int = 1 << 20) -> tuple[torch.Tensor, torch.Te
 
 @dataclass
 class _Lane:
-    """One pass of one model over the track (one shift of one bag member).
+    """A planned lane with its running overlap-add: `acc / wsum` over lane positions [base, ...)."""
 
-    The lane sees the normalised mix delayed by `delay` zero samples, so lane sample u is track
-    sample u - delay; its segments sit on a grid starting at lane sample 0, exactly like the
-    reference applies a model to a shifted copy of the track. `scale` holds, per requested
-    source, the weight of this lane in the final average.
-    """
-
-    model: nn.Module
-    delay: int
-    length: int  # lane length: track length + delay
-    segment: int  # samples per segment
-    pad_to: Optional[int]  # fixed padded length (HTDemucs with explicit segment), else None
-    offsets: list[int]
-    sources: list[int]  # indices of the requested sources in the model output
-    scale: torch.Tensor
+    plan: plan.LanePlan
+    weight: torch.Tensor  # overlap-add weight of one segment (shared by the lanes of a member)
     done: int = 0  # segments processed
-    base: int = 0  # lane position of acc[..., 0]
+    base: int = 0  # lane position of acc[..., 0]: everything before it was handed on
     acc: Optional[torch.Tensor] = None
     wsum: Optional[torch.Tensor] = None
-    weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def pending(self) -> bool:
+        return self.done < len(self.plan.offsets)
 
     def finished(self) -> int:
         """Lane position up to which no further segment will add anything."""
-        return self.offsets[self.done] if self.done < len(self.offsets) else self.length
+        return self.plan.offsets[self.done] if self.pending() else self.plan.length
 
     def accumulate(self, offset: int, out: torch.Tensor) -> None:
         """Add one segment's `(S, C, n)` output starting at lane position `offset`."""
@@ -170,8 +152,8 @@ class _Lane:
         n = end - self.base
         assert self.acc is not None and self.wsum is not None and self.acc.shape[-1] >= n
         out = self.acc[..., :n] / self.wsum[:n]
-        self.acc = self.acc[..., n:].clone()
-        self.wsum = self.wsum[n:].clone()
+        self.acc = self.acc[..., n:].clone() if self.pending() else None
+        self.wsum = self.wsum[n:].clone() if self.pending() else None
         self.base = end
         return out
 
@@ -226,24 +208,15 @@ class Separator:
             raise SettingsError("segment", f"must be a positive number of seconds, got {segment}")
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+            raise SettingsError("precision", f"{precision!r} is unknown (use {', '.join(PRECISIONS)})")
         if precision == "bf16" and self.device.type not in ("cpu", "cuda"):
             raise ModelError(f"bf16 precision is only available on CPU and CUDA, not {self.device.type}")
         if precision == "fp16" and self.device.type != "cuda":
             raise ModelError(f"fp16 precision is only available on CUDA, not {self.device.type} "
                              "(use bf16 for a faster CPU run)")
         self.model = model
-        self.members = list(model.models) if _is_bag(model) else [model]
-        for member in self.members:
-            limit = float(member.segment)
-            if segment is not None and has_fixed_segment(member) and segment > limit:
-                raise SettingsError("segment", f"{segment} s is longer than the {limit:.2f} s this model was "
-                                               "trained on; choose a smaller one")
-            seconds = limit if segment is None else segment
-            samples = int(min(member.samplerate * seconds, 2.0**62))  # (the planner's cap is far above this)
-            if int((1 - overlap) * samples) < 1:
-                raise SettingsError("segment", f"{seconds} s with overlap {overlap} leaves no sample between "
-                                               "segments; raise the segment or lower the overlap")
+        for member in plan.members(model):
+            plan.member_seconds(member, segment, overlap)  # refuse impossible settings before any work
             member.to(self.device)
             member.eval()
         self.samplerate: int = int(model.samplerate)
@@ -252,75 +225,37 @@ class Separator:
         self.segment, self.overlap, self.shifts, self.seed = segment, overlap, shifts, seed
         self.batch_size, self.precision, self.progress = batch_size, precision, progress
 
-    # ---- planning ---------------------------------------------------------------------------
-
-    def _resolve_sources(self, sources: Optional[Sequence[str]]) -> list[int]:
-        if sources is None:
-            return list(range(len(self.sources)))
-        unknown = [s for s in sources if s not in self.sources]
-        if unknown:
-            raise ModelError(f"unknown stem(s) {', '.join(unknown)}; this model has {', '.join(self.sources)}")
-        return [self.sources.index(s) for s in sources]
-
     def _lanes(self, length: int, wanted: list[int]) -> list[_Lane]:
-        """One lane per (bag member, shift), with the reference's weights and random shifts."""
-        if _is_bag(self.model):
-            weights = [list(map(float, w)) for w in self.model.weights]
-        else:
-            weights = [[1.0] * len(self.sources)]
-        totals = [sum(w[k] for w in weights) for k in range(len(self.sources))]
-        for k in wanted:
-            if totals[k] == 0:
-                raise ModelError(f"no model in the bag predicts {self.sources[k]!r} (all its weights are zero)")
-        rng = random.Random(self.seed)
-        lanes = []
-        for member, member_weights in zip(self.members, weights):
-            seconds = float(self.segment if self.segment is not None else member.segment)
-            max_shift = int(0.5 * self.samplerate)
-            samples = self.samplerate * seconds
-            if not has_fixed_segment(member):  # (a fixed one is never longer than its training length)
-                # From the length whose stride passes the end of the longest lane on, a longer
-                # segment only adds zero padding to one segment over the whole lane. Stop there, so
-                # that an absurd --segment (1e9, inf) neither overflows nor costs memory; never below
-                # the model's own segment, so default runs pad exactly as the reference does.
-                whole = math.ceil((length + max_shift) / (1 - self.overlap)) + 1
-                samples = min(samples, max(whole, self.samplerate * float(member.segment)))
-            seg = int(samples)
-            stride = int((1 - self.overlap) * seg)  # (at least 1: checked at construction)
-            # Draw every shift, even for members skipped below, so a seed means the same shifts.
-            delays = [max_shift - rng.randint(0, max_shift) for _ in range(self.shifts)] or [0]
-            if all(member_weights[k] == 0 for k in wanted):
-                continue
-            scale = torch.tensor([member_weights[k] / totals[k] / len(delays) for k in wanted])
-            pad_to = seg if (self.segment is not None and has_fixed_segment(member)) else None
-            for delay in delays:
-                lane_length = length + delay
-                # segments that end before the track starts (inside the shift prefix) are useless
-                offsets = [o for o in range(0, lane_length, stride) if o + seg > delay]
-                lanes.append(
-                    _Lane(member, delay, lane_length, seg, pad_to, offsets, wanted, scale,
-                          base=delay, weight=_triangle(seg, lane_length))
-                )
-        return lanes
+        """The planned lanes, each member's lanes sharing one overlap-add weight."""
+        plans = plan.plan_lanes(self.model, wanted, length, segment=self.segment, overlap=self.overlap,
+                                shifts=self.shifts, seed=self.seed)
+        weights: dict[int, torch.Tensor] = {}
+        longest = max((p.length for p in plans), default=0)
+        for p in plans:
+            if p.segment not in weights:
+                weights[p.segment] = _triangle(p.segment, longest)
+        return [_Lane(p, weights[p.segment], base=p.delay) for p in plans]
 
     # ---- running ----------------------------------------------------------------------------
 
-    def _padded_length(self, lane: _Lane, chunk: int) -> int:
+    @staticmethod
+    def _padded_length(lane: plan.LanePlan, chunk: int) -> int:
         if lane.pad_to is not None:
             return lane.pad_to
-        if hasattr(lane.model, "valid_length"):
-            return int(lane.model.valid_length(chunk))
+        if hasattr(lane.member, "valid_length"):
+            return int(lane.member.valid_length(chunk))
         return chunk
 
-    def _run_batch(self, lane: _Lane, mix: Signal, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def _run_batch(self, lane: _Lane, mix: Signal, mean: torch.Tensor, std: torch.Tensor, wanted: list[int]) -> None:
         """Process the lane's next segments that share a padded length, as one forward pass."""
-        first = lane.offsets[lane.done]
-        chunk = min(lane.segment, lane.length - first)
-        target = self._padded_length(lane, chunk)
+        p = lane.plan
+        first = p.offsets[lane.done]
+        chunk = min(p.segment, p.length - first)
+        target = self._padded_length(p, chunk)
         batch = []
-        while lane.done + len(batch) < len(lane.offsets) and len(batch) < self.batch_size:
-            offset = lane.offsets[lane.done + len(batch)]
-            if min(lane.segment, lane.length - offset) != chunk:
+        while lane.done + len(batch) < len(p.offsets) and len(batch) < self.batch_size:
+            offset = p.offsets[lane.done + len(batch)]
+            if min(p.segment, p.length - offset) != chunk:
                 break
             batch.append(offset)
         channels, length = mix.shape
@@ -328,7 +263,7 @@ class Separator:
         for i, offset in enumerate(batch):
             # window of `target` lane samples centred on the chunk; real samples where the track
             # has them (normalised), zeros elsewhere: the reference's padding with context
-            start = offset - (target - chunk) // 2 - lane.delay
+            start = offset - (target - chunk) // 2 - p.delay
             lo, hi = max(0, start), min(length, start + target)
             if hi > lo:
                 inputs[i, :, lo - start : hi - start] = (mix[:, lo:hi] - mean) / std
@@ -336,12 +271,12 @@ class Separator:
             x = inputs.to(self.device)
             if self.precision in _AUTOCAST:
                 with torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision]):
-                    out = lane.model(x)
+                    out = p.member(x)
             else:
-                out = lane.model(x)
+                out = p.member(x)
             out = out.float()
             excess = out.shape[-1] - chunk
-            out = out[..., excess // 2 : excess // 2 + chunk][:, lane.sources].to("cpu")
+            out = out[..., excess // 2 : excess // 2 + chunk][:, wanted].to("cpu")
         if not bool(torch.isfinite(out).all()):  # overlap-add, clamping and peaks would carry or hide it
             hint = f" (it ran in {self.precision}: try fp32)" if self.precision in _AUTOCAST else ""
             raise ModelError(f"the model's estimate has NaN or infinite samples{hint}")
@@ -364,7 +299,7 @@ class Separator:
             raise ModelError(
                 f"expected a ({self.audio_channels}, time) mix for this model, got shape {tuple(mix.shape)}"
             )
-        wanted = self._resolve_sources(sources)
+        wanted = plan.source_indices(self.sources, sources)
         if isinstance(mix, torch.Tensor):
             mix = mix.detach().to("cpu", torch.float32)
         length = mix.shape[-1]
@@ -374,79 +309,46 @@ class Separator:
         if not (torch.isfinite(mean) and torch.isfinite(std)):
             raise AudioError("the mix contains NaN or infinite samples")
         lanes = self._lanes(length, wanted)
-        total = sum(len(lane.offsets) for lane in lanes)
+        # Lanes side by side each hold about a segment of output; one after another they share
+        # one output as long as the track. Whichever holds less decides the order.
+        side_by_side = len(lanes) * max(lane.plan.segment for lane in lanes) <= 2 * length
+        out = torch.zeros(len(wanted), self.audio_channels, 0)
+        emitted = 0  # track position of out[..., 0]
+        total = sum(len(lane.plan.offsets) for lane in lanes)
         done = 0
         if self.progress is not None:
             self.progress(0, total)
-        emitted = 0
         while emitted < length:
-            pending = [lane for lane in lanes if lane.done < len(lane.offsets)]
-            lane = min(pending, key=lambda ln: ln.finished() - ln.delay)
+            pending = [lane for lane in lanes if lane.pending()]
+            if side_by_side:
+                lane = min(pending, key=lambda ln: ln.finished() - ln.plan.delay)
+            else:
+                lane = pending[0]
             before = lane.done
-            self._run_batch(lane, mix, mean, std)
+            self._run_batch(lane, mix, mean, std, wanted)
             done += lane.done - before
             if self.progress is not None:
                 self.progress(done, total)
-            ready = min(min(ln.finished() - ln.delay for ln in lanes), length)
+            final = min(lane.finished(), length + lane.plan.delay)
+            if final > lane.base:  # hand what this lane has finished to the shared output
+                start = lane.base - lane.plan.delay - emitted
+                block = lane.pop(final) * torch.tensor(lane.plan.scale)[:, None, None]
+                end = start + block.shape[-1]
+                if end > out.shape[-1]:
+                    out = torch.cat([out, out.new_zeros(*out.shape[:-1], end - out.shape[-1])], -1)
+                out[..., start:end] += block
+            ready = min(min(ln.finished() - ln.plan.delay for ln in lanes), length)
             if ready > emitted:
-                block = sum(ln.pop(ready + ln.delay) * ln.scale[:, None, None] for ln in lanes)
-                assert isinstance(block, torch.Tensor)
+                block, out = out[..., : ready - emitted], out[..., ready - emitted :].clone()
                 yield emitted, block * std + mean
                 emitted = ready
 
     def separate_tensor(self, mix: Signal, sources: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Separate `(channels, time)` (a tensor or a `LongSignal`) at the model's rate into
         `(sources, channels, time)`."""
-        wanted = self._resolve_sources(sources)
+        wanted = plan.source_indices(self.sources, sources)
         out = torch.zeros(len(wanted), mix.shape[0], mix.shape[-1])
         for start, block in self.stream(mix, sources):
             out[..., start : start + block.shape[-1]] = block
         return out
 
-
-def separate(
-    path_or_tensor: Union[str, Path, torch.Tensor],
-    model: Union[None, str, nn.Module] = None,
-    *,
-    samplerate: Optional[int] = None,
-    sources: Optional[Sequence[str]] = None,
-    repo: Optional[Union[str, Path]] = None,
-    **kwargs: object,
-) -> dict[str, torch.Tensor]:
-    """Separate a file or a `(channels, time)` tensor; returns `{stem: (channels, time)}`.
-
-    Stems come back at the input's sample rate and channel count (mono in, mono out). A tensor is
-    taken to be at `samplerate` (default: the model's). `model` is a model, a catalog name or a
-    checkpoint path (None: the embedded default). Other keyword arguments go to `Separator`.
-    """
-    from stemsplit.audio import load_audio, resample
-
-    if not isinstance(model, nn.Module):
-        from stemsplit.catalog import load_model
-
-        model = load_model(model, repo=repo)
-    separator = Separator(model, **kwargs)  # type: ignore[arg-type]
-    if isinstance(path_or_tensor, torch.Tensor):
-        wav = path_or_tensor.detach().to("cpu", torch.float32)
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.dim() != 2:
-            raise ModelError(f"expected a (channels, time) tensor, got shape {tuple(wav.shape)}")
-        rate = samplerate or separator.samplerate
-        channels = wav.shape[0]
-        if channels not in (1, 2):
-            raise AudioError(f"tensor has {channels} channels; only mono and stereo are supported")
-        mix = wav.expand(separator.audio_channels, -1) if channels == 1 else wav
-        mix = resample(mix, rate, separator.samplerate)
-        length = wav.shape[-1]
-    else:
-        loaded = load_audio(path_or_tensor, separator.samplerate, separator.audio_channels)
-        mix, rate, channels = loaded.wav, loaded.native_samplerate, loaded.native_channels
-        length = loaded.native_frames
-    stems = separator.separate_tensor(mix, sources)
-    if channels == 1:
-        stems = stems.mean(1, keepdim=True)
-    if rate != separator.samplerate:  # (there and back loses a sample or two: give back the input's length)
-        stems = resample(stems, separator.samplerate, rate, length=length)
-    names = list(sources) if sources is not None else separator.sources
-    return dict(zip(names, stems))
