@@ -208,7 +208,7 @@ class Separator:
             raise SettingsError("segment", f"must be a positive number of seconds, got {segment}")
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
-            raise SettingsError("precision", f"{precision!r} is unknown (use {', '.join(PRECISIONS)})")
+            raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
         if precision == "bf16" and self.device.type not in ("cpu", "cuda"):
             raise ModelError(f"bf16 precision is only available on CPU and CUDA, not {self.device.type}")
         if precision == "fp16" and self.device.type != "cuda":
