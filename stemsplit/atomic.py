@@ -6,7 +6,9 @@ target's folder (a rename is only atomic within one file system), the finished f
 user's usual umask permissions, and it takes the final name in one rename. A failure at any point
 leaves the final name untouched (an older file stays as it was) and no temporary file behind.
 Files that belong together (the stems of one track) are committed as a group: all take their
-final names, or none does.
+final names, or none does. A temporary file is locked (flock) by the process writing it for as
+long as it is open, so that one left behind by a killed process can be told apart from one a
+live process is writing, and removed (`remove_stale`).
 
 It must not know file formats, and it raises plain OSError: each caller turns that into its own
 StemsplitError with its own wording. It never prints.
@@ -14,16 +16,25 @@ StemsplitError with its own wording. It never prints.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+try:
+    import fcntl
+except ImportError:  # (Windows: no flock; stale temporaries are then never removed)
+    fcntl = None  # type: ignore[assignment]
+
 PathLike = Union[str, "os.PathLike[str]"]
+
+_held: dict[str, int] = {}  # temporary path -> the descriptor that holds its lock
 
 
 def temp_path_for(path: PathLike) -> Path:
-    """Create (and return) an empty, hidden, uniquely named file next to `path`.
+    """Create (and return) an empty, hidden, uniquely named file next to `path`, locked by this
+    process until it is committed or discarded.
 
     The target folder is created if needed. The file is private (0600) while it is being
     written; `commit` gives it its final permissions.
@@ -31,8 +42,47 @@ def temp_path_for(path: PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _held[name] = fd
+    else:
+        os.close(fd)
     return Path(name)
+
+
+def _release(temp: PathLike) -> None:
+    fd = _held.pop(str(temp), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stale(path: PathLike, older_than: float) -> list[Path]:
+    """Delete the temporaries of `path` that a dead process left: hidden `.NAME.*.part` files in
+    its folder, last modified before `older_than` (a time stamp) and locked by no process.
+
+    Returns what was removed. Errors (a folder that cannot be listed, a file another user owns)
+    are not this call's business: such a file is left as it is.
+    """
+    if fcntl is None:
+        return []
+    path = Path(path)
+    removed = []
+    for name in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.part")):
+        try:
+            if os.lstat(name).st_mtime >= older_than or name in _held:
+                continue
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live process is writing it
+            os.unlink(name)
+            removed.append(Path(name))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _umask_mode() -> int:
@@ -55,6 +105,7 @@ def commit(temp: PathLike, path: PathLike) -> None:
     """
     os.chmod(temp, _umask_mode())
     os.replace(temp, path)
+    _release(temp)
 
 
 def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
@@ -92,6 +143,7 @@ def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
         for final, backup in aside:
             with contextlib.suppress(OSError):
                 os.replace(backup, final)
+                _release(backup)
         for temp, _ in pairs:
             with contextlib.suppress(OSError):
                 discard(temp)
@@ -104,7 +156,10 @@ def commit_all(pairs: Sequence[tuple[PathLike, PathLike]]) -> None:
 
 def discard(temp: PathLike) -> None:
     """Delete a temporary file if it is still there."""
-    Path(temp).unlink(missing_ok=True)
+    try:
+        Path(temp).unlink(missing_ok=True)
+    finally:
+        _release(temp)
 
 
 @contextlib.contextmanager

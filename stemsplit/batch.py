@@ -105,9 +105,15 @@ def check_template(template: str) -> None:
     (a file called `...wav`) is still caught per track when its paths are rendered.
     """
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
     except ValueError as exc:
         raise TemplateError(template, f"is malformed: {exc}") from None
+    fields = {name for name, _, _ in parsed}
+    # a format spec or conversion can make stems share a name ({stem:.0} is "" for every stem)
+    styled = [name for name, spec, conversion in parsed if spec or conversion]
+    if styled:
+        raise TemplateError(template, f"formats the field {{{styled[0]}}}: write fields plainly, as {{{styled[0]}}}")
     unknown = fields - set(TEMPLATE_FIELDS)
     if unknown:
         raise TemplateError(template, f"has unknown field(s) {', '.join(sorted(unknown))} "
@@ -170,6 +176,19 @@ def _target(out: Path, template: str, **fields: str) -> Path:
     return out / relative
 
 
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    """The file `path` names (device and inode, links followed), or None where there is none."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _identities(tracks: Sequence[Track]) -> set[tuple[int, int]]:
+    return {key for key in (_identity(t.path) for t in tracks if t.path is not None) if key is not None}
+
+
 def _failure_line(track: Track, message: str) -> str:
     """The error as one line that names the input (prefixing it unless the message already does)."""
     if track.input in message or (track.path is not None and str(track.path) in message):
@@ -204,6 +223,7 @@ def separate_batch(
     out = Path(out)
     planned: dict[Path, str] = {}  # final path -> the input that will write it
     records: list[TrackRecord] = []
+    inputs = _identities(tracks)
 
     def emit(event: BatchEvent) -> None:
         if on_event is not None:
@@ -219,6 +239,8 @@ def separate_batch(
                 raise AudioError(track.error or f"{track.input}: no audio file")
             targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt)
                        for stem in names}
+            if len(set(targets.values())) < len(targets):
+                raise TemplateError(template, f"gives two stems of {track.input} the same file name")
             clash = [planned[p] for p in targets.values() if p in planned]
             if clash:
                 raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
@@ -228,6 +250,10 @@ def separate_batch(
             folders = [p for p in targets.values() if os.path.isdir(p)]
             if folders:
                 raise AudioError(f"{folders[0]}: is a folder, so the stem cannot be written there")
+            for path in targets.values():
+                if _identity(path) in inputs:  # through a link or another spelling too
+                    raise AudioError(f"{path}: is an input of this run, and a stem would replace it "
+                                     "(choose another output folder or name template)")
             claimed = list(targets.values())
             planned.update({p: track.input for p in claimed})
             # os.path.exists, not Path.exists: a name too long for the file system must fail this
@@ -245,9 +271,11 @@ def separate_batch(
                                        on_start=lambda seconds: setattr(record, "duration", seconds))
             finally:
                 separator.progress = previous
-        except StemsplitError as exc:
+        except (StemsplitError, OSError) as exc:  # an OSError: a folder the user may not read, a name too long
             for path in claimed:  # a failed track writes nothing, so a later one may use its names
                 del planned[path]
+            if isinstance(exc, OSError):
+                exc = AudioError(f"{exc.filename or track.input}: {exc.strerror or exc}")
             record.error = str(exc)
             record.seconds = round(time.perf_counter() - started, 3)
             emit(BatchEvent("failed", record, message=_failure_line(track, str(exc))))

@@ -13,6 +13,7 @@ segments are computed (engine does).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
@@ -23,6 +24,7 @@ from torch import nn
 from stemsplit.audio import (AudioWriter, SpooledAudio, StreamResampler, commit_together, encodable_samplerate,
                              fit_length, mp3_compression_level, output_subtype, resample, spool_audio, temp_path_for,
                              write_error)
+from stemsplit import atomic
 from stemsplit.constants import CLIP_MODES
 from stemsplit.engine.plan import source_indices
 from stemsplit.engine.separator import LongSignal, Separator
@@ -276,7 +278,13 @@ def separate_file(
     # no_STEM is the mixture minus STEM at the output rate: keep the input at its own rate too
     keep_native = two_stems is not None and options.keep_samplerate
     folder = next(iter(targets.values())).parent
-    made = _missing_folders(folder)
+    started = time.time()
+    try:
+        made = _missing_folders(folder)
+        for target in targets.values():  # what a killed run left of these stems
+            atomic.remove_stale(target, older_than=started)
+    except OSError as exc:  # a folder the user may not read, a name the file system cannot hold
+        raise write_error(Path(exc.filename or folder), exc) from None
     try:
         with spool_audio(path, separator.samplerate, separator.audio_channels, folder=folder,
                          keep_native=keep_native) as audio:

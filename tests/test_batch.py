@@ -1,6 +1,10 @@
 """stemsplit.batch: templates, input expansion, and the per-track loop with its records and events."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +49,9 @@ def test_good_templates_pass(template):
         ("/tmp/{stem}.{ext}", "would write outside the output folder"),
         ("{track}/../../{stem}", "would write outside the output folder"),
         ("{stem", "is malformed"),
+        ("{track}{stem:.0}.{ext}", "formats the field {stem}"),
+        ("{track}/{stem!r}.{ext}", "formats the field {stem}"),
+        ("{stem:>20}.{ext}", "formats the field {stem}"),
     ],
 )
 def test_bad_templates_raise_template_error(template, reason):
@@ -210,3 +217,74 @@ def test_wrong_template_or_stems_refuse_before_any_track(tmp_path, separator):
     with pytest.raises(ModelError, match="unknown stem"):
         separate_batch(tracks, separator, out, model="m", stems=["flute"])
     assert not out.exists()
+
+
+def test_a_folder_name_too_long_for_the_file_system_fails_only_its_track(tmp_path, separator):
+    """The folder of the stems cannot be made (its name is over 255 bytes): that track fails, the
+    batch goes on."""
+    long = _song(tmp_path / ("y" * 250 + ".wav"))
+    short = _song(tmp_path / "short.wav")
+    out = tmp_path / "out"
+    records = separate_batch([Track(str(long), long), Track(str(short), short)], separator, out, model="m",
+                             template="{track}{track}/{stem}.{ext}", stems=["vocals"], options=EXACT)
+    assert [r.status for r in records] == ["failed", "ok"]
+    assert "too long" in records[0].error and records[0].error.count("\n") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads every folder")
+def test_an_output_folder_the_user_may_not_read_fails_each_track(tmp_path, separator):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        songs = [_song(tmp_path / "a.wav"), _song(tmp_path / "b.wav")]
+        records = separate_batch([Track(str(s), s) for s in songs], separator, locked / "out", model="m",
+                                 options=EXACT)
+    finally:
+        locked.chmod(0o755)
+    assert [r.status for r in records] == ["failed", "failed"]
+    assert all("ermission" in r.error for r in records)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("link", [None, "symlink", "hardlink"])
+def test_an_input_is_never_replaced_by_its_own_stem(tmp_path, separator, overwrite, link):
+    song = _song(tmp_path / "vocals.wav")
+    given = song
+    if link is not None:
+        given = tmp_path / "inputs" / "song.wav"
+        given.parent.mkdir()
+        os.symlink(song, given) if link == "symlink" else os.link(song, given)
+    before = song.read_bytes()
+    other = _song(tmp_path / "elsewhere" / "other.wav", seed=3)
+    records = separate_batch([Track(str(given), given), Track(str(other), other)], separator, tmp_path,
+                             model="m", template="{stem}.{ext}", stems=["vocals"], options=EXACT, overwrite=overwrite)
+    assert records[0].status == "failed" and "is an input of this run" in records[0].error
+    assert song.read_bytes() == before
+    assert records[1].status == "failed"  # (its vocals.wav would be the same input file)
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_when_the_track_is_written_again(tmp_path, separator):
+    song = _song(tmp_path / "song.wav")
+    out = tmp_path / "out"
+    folder = out / "m" / "song"
+    folder.mkdir(parents=True)
+    stale = folder / ".vocals.wav.abc123.part"
+    stale.write_bytes(b"x" * 1000)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    # one still held by a live process (another run writing it) stays
+    held = folder / ".drums.wav.def456.part"
+    held.write_bytes(b"y")
+    os.utime(held, (time.time() - 3600, time.time() - 3600))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        records = separate_batch([Track(str(song), song)], separator, out, model="m", options=EXACT)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert records[0].status == "ok"
+    assert not stale.exists() and held.exists()
+    assert sorted(p.name for p in folder.iterdir()) == [".drums.wav.def456.part", "bass.wav", "drums.wav",
+                                                         "other.wav", "vocals.wav"]
