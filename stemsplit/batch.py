@@ -13,15 +13,16 @@ one track is decoded, separated or encoded (pipeline.py does).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 
 from stemsplit.constants import AUDIO_EXTENSIONS, DEFAULT_MODEL, DEFAULT_TEMPLATE, TEMPLATE_FIELDS
-from stemsplit.errors import AudioError, StemsplitError, TemplateError
+from stemsplit.errors import AudioError, SettingsError, StemsplitError, TemplateError
 from stemsplit.engine.separator import Separator
 from stemsplit.pipeline import OutputOptions, output_stems, separate_file
 
@@ -39,6 +40,13 @@ class Track:
     input: str
     path: Optional[Path] = None
     error: Optional[str] = None
+    relative: str = ""  # the file's path relative to the folder it was found in (its shard key)
+    folder: str = ""  # the `{dir}` field: the file's folder relative to that folder ("" for a file given as is)
+
+    @property
+    def key(self) -> str:
+        """What places the track in a shard: stable while files are added to its folder."""
+        return self.relative or self.input
 
 
 @dataclass
@@ -120,7 +128,7 @@ def check_template(template: str) -> None:
                                       f"(use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
     if "stem" not in fields:
         raise TemplateError(template, "must contain {stem}, or all stems would share one file")
-    sample = PurePath(template.format(model="m", track="t", stem="s", ext="wav"))
+    sample = PurePath(template.format(model="m", track="t", stem="s", ext="wav", dir="d"))
     if sample.is_absolute() or ".." in sample.parts or sample.drive or template.strip() in ("", "."):
         raise TemplateError(template, "would write outside the output folder")
 
@@ -137,11 +145,14 @@ def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> 
     seen: set[Path] = set()
     out_resolved = Path(out).resolve()
 
-    def add(path: Path) -> None:
+    def add(path: Path, root: Optional[Path] = None) -> None:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            found.append(Track(str(path), path))
+            relative = path.relative_to(root) if root is not None else None
+            folder = relative.parent.as_posix() if relative is not None else ""
+            found.append(Track(str(path), path, relative=relative.as_posix() if relative is not None else "",
+                               folder="" if folder == "." else folder))
 
     for item in inputs:
         text, path = str(item), Path(item)
@@ -154,7 +165,7 @@ def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> 
             if not files:
                 found.append(Track(text, error=f"{text}: folder contains no audio files"))
             for file in files:
-                add(file)
+                add(file, path)
         elif path.exists():
             add(path)
         elif _GLOB_CHARS & set(text):
@@ -166,6 +177,45 @@ def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> 
         else:
             found.append(Track(text, error=f"{text}: no such file or folder"))
     return found
+
+
+def select_shard(tracks: Sequence[Track], index: int, count: int) -> list[Track]:
+    """The tracks of shard `index` (1-based) of `count`: disjoint shards that cover every track.
+
+    A track's shard is a hash of its path relative to the folder it was found in, so adding
+    files to a catalogue never moves the others between shards, and every machine agrees.
+    """
+    if not 1 <= index <= count:
+        raise SettingsError("shard", f"{index}/{count} is not a shard: the index runs from 1 to the count")
+    return [t for t in tracks
+            if int.from_bytes(hashlib.sha256(t.key.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+            % count == index - 1]
+
+
+def parse_shard(text: str, environ: Optional[Mapping[str, str]] = None) -> tuple[int, int]:
+    """`K/N` (1-based) or `auto/N` -> (K, N). `auto` takes the index of a job array task:
+    Slurm's SLURM_ARRAY_TASK_ID counted from SLURM_ARRAY_TASK_MIN (so `--array=0-3` and
+    `--array=1-4` both work), or Kubernetes' JOB_COMPLETION_INDEX, which counts from 0."""
+    environ = os.environ if environ is None else environ
+    index_text, sep, count_text = text.partition("/")
+    try:
+        count = int(count_text)
+        if index_text.strip().lower() == "auto":
+            if environ.get("SLURM_ARRAY_TASK_ID"):
+                index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN") or 0) + 1
+            elif environ.get("JOB_COMPLETION_INDEX"):
+                index = int(environ["JOB_COMPLETION_INDEX"]) + 1
+            else:
+                raise SettingsError("shard", f"{text} needs SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX in the "
+                                             "environment (a job array task); give K/N elsewhere")
+        else:
+            index = int(index_text)
+    except ValueError:
+        raise SettingsError("shard", f"{text!r} is not K/N or auto/N (whole numbers, K from 1 to N)") from None
+    if not sep or count < 1 or not 1 <= index <= count:
+        raise SettingsError("shard", f"{text!r} is not K/N or auto/N with K from 1 to N "
+                                     f"(got index {index} of {count})")
+    return index, count
 
 
 def _target(out: Path, template: str, **fields: str) -> Path:
@@ -237,8 +287,8 @@ def separate_batch(
         try:
             if track.path is None:
                 raise AudioError(track.error or f"{track.input}: no audio file")
-            targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt)
-                       for stem in names}
+            targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt,
+                                     dir=track.folder) for stem in names}
             if len(set(targets.values())) < len(targets):
                 raise TemplateError(template, f"gives two stems of {track.input} the same file name")
             clash = [planned[p] for p in targets.values() if p in planned]

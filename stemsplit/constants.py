@@ -21,7 +21,7 @@ MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 MP3_SAMPLERATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1, 2 and 2.5
 
 DEFAULT_TEMPLATE = "{model}/{track}/{stem}.{ext}"
-TEMPLATE_FIELDS = ("model", "track", "stem", "ext")
+TEMPLATE_FIELDS = ("model", "track", "stem", "ext", "dir")
 
 CLIP_MODES = ("rescale", "clamp", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tone
 
-from stemsplit.batch import (BatchEvent, Track, check_template, expand_inputs, model_label,
-                             separate_batch)
+from stemsplit.batch import (BatchEvent, Track, check_template, expand_inputs, model_label, parse_shard,
+                             select_shard, separate_batch)
 from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE as TEMPLATE
-from stemsplit.errors import ModelError, TemplateError
+from stemsplit.errors import ModelError, SettingsError, TemplateError
 from stemsplit.pipeline import OutputOptions
 from stemsplit.engine.separator import Separator
 
@@ -288,3 +288,64 @@ def test_stale_temporaries_of_a_killed_run_are_removed_when_the_track_is_written
     assert not stale.exists() and held.exists()
     assert sorted(p.name for p in folder.iterdir()) == [".drums.wav.def456.part", "bass.wav", "drums.wav",
                                                          "other.wav", "vocals.wav"]
+
+
+def _catalogue(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    return root
+
+
+def test_shards_are_disjoint_complete_and_stable_when_files_are_added(tmp_path):
+    names = [f"artist{a}/album{b}/track{c}.wav" for a in range(3) for b in range(2) for c in range(5)]
+    music = _catalogue(tmp_path / "Music", names)
+    tracks = expand_inputs([music], tmp_path / "out")
+    shards = [select_shard(tracks, k, 4) for k in range(1, 5)]
+    keys = [t.key for shard in shards for t in shard]
+    assert sorted(keys) == sorted(names) and len(set(keys)) == len(names)
+    assert all(shards), "30 tracks over 4 shards: none should be empty"
+    _catalogue(music, [f"new/track{i}.wav" for i in range(10)])
+    grown = expand_inputs([music], tmp_path / "out")
+    for k, shard in enumerate(shards, start=1):
+        again = {t.key for t in select_shard(grown, k, 4)}
+        assert {t.key for t in shard} <= again  # nobody moved
+    # the key is relative to the folder argument: the same catalogue elsewhere shards the same way
+    moved = tmp_path / "elsewhere" / "Music"
+    moved.parent.mkdir()
+    music.rename(moved)
+    assert [t.key for t in select_shard(expand_inputs([moved], tmp_path / "out"), 2, 4)] == \
+        [t.key for t in select_shard(grown, 2, 4)]
+
+
+@pytest.mark.parametrize("text, environ, expected", [
+    ("2/5", {}, (2, 5)),
+    ("auto/4", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0"}, (1, 4)),
+    ("auto/4", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1"}, (4, 4)),
+    ("auto/3", {"JOB_COMPLETION_INDEX": "2"}, (3, 3)),
+])
+def test_parse_shard(text, environ, expected):
+    assert parse_shard(text, environ) == expected
+
+
+@pytest.mark.parametrize("text, environ", [
+    ("0/4", {}), ("5/4", {}), ("1/0", {}), ("a/b", {}), ("3", {}), ("auto/4", {}),
+    ("auto/4", {"JOB_COMPLETION_INDEX": "4"}),
+])
+def test_bad_shards_are_settings_errors(text, environ):
+    with pytest.raises(SettingsError) as caught:
+        parse_shard(text, environ)
+    assert caught.value.param == "shard"
+
+
+def test_dir_field_mirrors_the_tree_and_tells_musdb_mixtures_apart(tmp_path, separator):
+    root = tmp_path / "musdb"
+    for name in ("Artist - One", "Artist - Two"):
+        _song(root / name / "mixture.wav", seed=len(name))
+    _song(root / "loose.wav")
+    out = tmp_path / "out"
+    records = separate_batch(expand_inputs([root], out), separator, out, model="m",
+                             template="{model}/{dir}/{track}/{stem}.{ext}", stems=["vocals"], options=EXACT)
+    assert [r.status for r in records] == ["ok", "ok", "ok"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == [
+        "m/Artist - One/mixture/vocals.wav", "m/Artist - Two/mixture/vocals.wav", "m/loose/vocals.wav"]
