@@ -235,15 +235,102 @@ def _identity(path: Path) -> Optional[tuple[int, int]]:
     return info.st_dev, info.st_ino
 
 
-def _identities(tracks: Sequence[Track]) -> set[tuple[int, int]]:
-    return {key for key in (_identity(t.path) for t in tracks if t.path is not None) if key is not None}
-
-
 def _failure_line(track: Track, message: str) -> str:
     """The error as one line that names the input (prefixing it unless the message already does)."""
     if track.input in message or (track.path is not None and str(track.path) in message):
         return message
     return f"{track.input}: {message}"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every track of a batch shares: where and how its stems are written."""
+
+    out: Path
+    model: str  # the `{model}` field
+    names: list[str]  # the stem files of a track (see `pipeline.output_stems`)
+    template: str = DEFAULT_TEMPLATE
+    two_stems: Optional[str] = None
+    options: OutputOptions = field(default_factory=OutputOptions)
+    overwrite: bool = False
+
+
+def plan_targets(track: Track, settings: BatchSettings) -> dict[str, Path]:
+    """`{stem: final path}` of one track; AudioError (or TemplateError) when it names none."""
+    if track.path is None:
+        raise AudioError(track.error or f"{track.input}: no audio file")
+    targets = {stem: _target(settings.out, settings.template, model=settings.model, track=track.path.stem,
+                             stem=stem, ext=settings.options.fmt, dir=track.folder) for stem in settings.names}
+    if len(set(targets.values())) < len(targets):
+        raise TemplateError(settings.template, f"gives two stems of {track.input} the same file name")
+    return targets
+
+
+def run_track(track: Track, targets: dict[str, Path], separator: Separator, settings: BatchSettings,
+              inputs: set[tuple[int, int]], on_event: Optional[Callable[[BatchEvent], None]] = None,
+              record: Optional[TrackRecord] = None) -> TrackRecord:
+    """Separate one planned track (unless its stems all exist) and return its record.
+
+    `inputs` are the files of the whole run (see `input_identities`): no stem may replace one.
+    A StemsplitError or OSError fails only this track (a `failed` event and record); it is never
+    raised. While the track separates, `separator.progress` is borrowed for `progress` events.
+    The one contract every runner of a batch (local, or a cluster's workers) keeps per track.
+    """
+    record = record if record is not None else TrackRecord(track.input)
+    started = time.perf_counter()
+
+    def emit(event: BatchEvent) -> None:
+        if on_event is not None:
+            on_event(event)
+
+    try:
+        # a folder where a stem goes would pass for a finished output and the track be "skipped"
+        folders = [p for p in targets.values() if os.path.isdir(p)]
+        if folders:
+            raise AudioError(f"{folders[0]}: is a folder, so the stem cannot be written there")
+        for path in targets.values():
+            if _identity(path) in inputs:  # through a link or another spelling too
+                raise AudioError(f"{path}: is an input of this run, and a stem would replace it "
+                                 "(choose another output folder or name template)")
+        # os.path.exists, not Path.exists: a name too long for the file system must fail this
+        # track when it is written (one error line), not raise here and stop the batch
+        if not settings.overwrite and all(os.path.exists(p) for p in targets.values()):
+            record.status, record.outputs = "skipped", targets
+            emit(BatchEvent("done", record))
+            return record
+        assert track.path is not None
+        emit(BatchEvent("start", record))
+        previous = separator.progress
+        if on_event is not None:
+            separator.progress = lambda done, total: emit(BatchEvent("progress", record, done=done, total=total))
+        try:
+            result = separate_file(track.path, separator, targets, settings.options, two_stems=settings.two_stems,
+                                   on_start=lambda seconds: setattr(record, "duration", seconds))
+        finally:
+            separator.progress = previous
+    except (StemsplitError, OSError) as exc:
+        return fail_track(track, record, exc, started, on_event)
+    record.status, record.outputs, record.duration = "ok", targets, result.duration
+    record.seconds = round(time.perf_counter() - started, 3)
+    emit(BatchEvent("done", record, scale=result.scale))
+    return record
+
+
+def fail_track(track: Track, record: TrackRecord, exc: BaseException, started: float,
+               on_event: Optional[Callable[[BatchEvent], None]] = None) -> TrackRecord:
+    """Record `exc` as the track's failure (one line naming the input) and report it."""
+    if isinstance(exc, OSError) and not isinstance(exc, StemsplitError):  # a folder one may not read, a long name
+        exc = AudioError(f"{exc.filename or track.input}: {exc.strerror or exc}")
+    record.status, record.error = "failed", str(exc)
+    record.seconds = round(time.perf_counter() - started, 3)
+    if on_event is not None:
+        on_event(BatchEvent("failed", record, message=_failure_line(track, str(exc))))
+    return record
+
+
+def input_identities(tracks: Sequence[Track]) -> set[tuple[int, int]]:
+    """The files (device, inode) the tracks of a run read: no stem of the run may replace one."""
+    return {key for key in (_identity(t.path) for t in tracks if t.path is not None) if key is not None}
 
 
 def separate_batch(
@@ -264,73 +351,30 @@ def separate_batch(
     `model` fills the template's `{model}` field (see `model_label`); `stems` and `two_stems`
     choose the files written as in `pipeline.output_stems`. The template and stems are checked
     first (TemplateError, ModelError) so that nothing runs when they are wrong. After that, a
-    StemsplitError fails only its own track. While a track separates, `separator.progress` is
-    borrowed to report `progress` events, and given back afterwards.
+    StemsplitError fails only its own track, and a track whose outputs collide with an earlier
+    one's fails (a failed track gives its names back).
     """
     check_template(template)
-    names = output_stems(separator.sources, stems, two_stems)
-    options = options if options is not None else OutputOptions()
-    out = Path(out)
+    settings = BatchSettings(Path(out), model, output_stems(separator.sources, stems, two_stems), template,
+                             two_stems, options if options is not None else OutputOptions(), overwrite)
     planned: dict[Path, str] = {}  # final path -> the input that will write it
     records: list[TrackRecord] = []
-    inputs = _identities(tracks)
-
-    def emit(event: BatchEvent) -> None:
-        if on_event is not None:
-            on_event(event)
-
+    inputs = input_identities(tracks)
     for track in tracks:
         record = TrackRecord(track.input)
         records.append(record)
-        started = time.perf_counter()
-        claimed: list[Path] = []
         try:
-            if track.path is None:
-                raise AudioError(track.error or f"{track.input}: no audio file")
-            targets = {stem: _target(out, template, model=model, track=track.path.stem, stem=stem, ext=options.fmt,
-                                     dir=track.folder) for stem in names}
-            if len(set(targets.values())) < len(targets):
-                raise TemplateError(template, f"gives two stems of {track.input} the same file name")
+            targets = plan_targets(track, settings)
             clash = [planned[p] for p in targets.values() if p in planned]
             if clash:
                 raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
                                  "(tell them apart with {track} in the name template, or rename one)")
-            # a folder where a stem goes would pass for a finished output and the track be "skipped";
-            # with --overwrite it failed only after the whole separation, blaming "Not a directory"
-            folders = [p for p in targets.values() if os.path.isdir(p)]
-            if folders:
-                raise AudioError(f"{folders[0]}: is a folder, so the stem cannot be written there")
-            for path in targets.values():
-                if _identity(path) in inputs:  # through a link or another spelling too
-                    raise AudioError(f"{path}: is an input of this run, and a stem would replace it "
-                                     "(choose another output folder or name template)")
-            claimed = list(targets.values())
-            planned.update({p: track.input for p in claimed})
-            # os.path.exists, not Path.exists: a name too long for the file system must fail this
-            # track when it is written (one error line), not raise here and stop the batch
-            if not overwrite and all(os.path.exists(p) for p in targets.values()):
-                record.status, record.outputs = "skipped", targets
-                emit(BatchEvent("done", record))
-                continue
-            emit(BatchEvent("start", record))
-            previous = separator.progress
-            if on_event is not None:
-                separator.progress = lambda done, total: emit(BatchEvent("progress", record, done=done, total=total))
-            try:
-                result = separate_file(track.path, separator, targets, options, two_stems=two_stems,
-                                       on_start=lambda seconds: setattr(record, "duration", seconds))
-            finally:
-                separator.progress = previous
-        except (StemsplitError, OSError) as exc:  # an OSError: a folder the user may not read, a name too long
-            for path in claimed:  # a failed track writes nothing, so a later one may use its names
-                del planned[path]
-            if isinstance(exc, OSError):
-                exc = AudioError(f"{exc.filename or track.input}: {exc.strerror or exc}")
-            record.error = str(exc)
-            record.seconds = round(time.perf_counter() - started, 3)
-            emit(BatchEvent("failed", record, message=_failure_line(track, str(exc))))
+        except (StemsplitError, OSError) as exc:
+            fail_track(track, record, exc, time.perf_counter(), on_event)
             continue
-        record.status, record.outputs, record.duration = "ok", targets, result.duration
-        record.seconds = round(time.perf_counter() - started, 3)
-        emit(BatchEvent("done", record, scale=result.scale))
+        planned.update({p: track.input for p in targets.values()})
+        run_track(track, targets, separator, settings, inputs, on_event, record)
+        if record.status == "failed":  # a failed track writes nothing, so a later one may use its names
+            for path in targets.values():
+                del planned[path]
     return records
