@@ -24,6 +24,6 @@ DEFAULT_TEMPLATE = "{model}/{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = ("model", "track", "stem", "ext", "dir")
 
 CLIP_MODES = ("rescale", "clamp", "none")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the hardware runs it natively and it holds quality
 
 DEFAULT_MODEL = "stemsplit_default"  # the embedded model's catalog name

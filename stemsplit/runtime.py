@@ -1,4 +1,5 @@
-"""Process-wide tuning for long CPU runs: keep freed tensor memory for reuse.
+"""Process-wide facts and tuning for long CPU runs: keep freed tensor memory for reuse, and
+tell whether the processor computes bfloat16 natively.
 
 Why: glibc serves every allocation above its mmap threshold (128 KiB, adapting up to 32 MiB)
 with a fresh `mmap` and gives it back with `munmap` on free. One forward pass of a Demucs model
@@ -11,11 +12,16 @@ again; the working set repeats segment after segment, so peak memory stays the s
 It must not run on import: it changes the allocator of the whole process, so only the command
 line (which owns its process) opts in. Elsewhere than glibc (macOS, Windows, musl) it does
 nothing.
+
+bfloat16 is only faster than float32 on CPUs with bf16 instructions (AVX512-BF16 or AMX on x86);
+elsewhere torch emulates it, about three times slower than float32. Linux says which the CPU has
+in /proc/cpuinfo; other systems are taken not to have them.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -39,3 +45,17 @@ def keep_freed_memory() -> bool:
     if not mallopt(_M_MMAP_THRESHOLD, _KEEP) and not mallopt(_M_MMAP_THRESHOLD, _OLD_GLIBC_MMAP_MAX):
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
+
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when every core of this (Linux, x86) machine has AVX512-BF16 or AMX-BF16."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            flag_lines = [line for line in handle if line.startswith("flags")]
+    except OSError:
+        return False
+    return bool(flag_lines) and all(any(f in line.split() for f in _BF16_FLAGS) for line in flag_lines)

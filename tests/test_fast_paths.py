@@ -65,7 +65,7 @@ def test_reduced_precision_stays_close_to_fp32_and_fp32_is_unchanged(device, pre
     model = tiny_htdemucs()
     torch.manual_seed(1)
     mix = 0.3 * torch.randn(2, 8000 * 2 + 11)
-    fp32 = Separator(model, device=device).separate_tensor(mix)
+    fp32 = Separator(model, device=device, precision="fp32").separate_tensor(mix)
     again = Separator(model, device=device, precision="fp32").separate_tensor(mix)
     reduced = Separator(model, device=device, precision=precision).separate_tensor(mix)
     assert torch.equal(fp32, again)
@@ -95,3 +95,37 @@ def test_cli_precision_flag_writes_stems(tmp_path, tiny_checkpoint):
         cpu_fp16 = run_cli("separate", "song.wav", "--model-path", str(tiny_checkpoint), "--precision", "fp16",
                            "-d", "cpu", cwd=tmp_path)
         assert cpu_fp16.returncode == 1 and "fp16 precision is only available on CUDA" in cpu_fp16.stderr
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_native_and_only_for_families_that_hold_quality(monkeypatch, native):
+    from stemsplit import runtime
+    from stemsplit.nn.bag import BagOfModels
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    hybrid = tiny_htdemucs()
+    assert Separator(hybrid, device="cpu").precision == ("bf16" if native else "fp32")
+    v2 = snn.Demucs(sources=SOURCES, channels=4, depth=2, lstm_layers=0, samplerate=8000, segment=1).eval()
+    assert Separator(v2, device="cpu").precision == "fp32"  # its family fails the 40 dB gate
+    mixed = BagOfModels([snn.HDemucs(sources=SOURCES, channels=4, depth=2, nfft=256), snn.HDemucs(
+        sources=SOURCES, channels=4, depth=2, nfft=256)])
+    assert Separator(mixed, device="cpu").precision == ("bf16" if native else "fp32")
+    assert Separator(hybrid, device="cpu", precision="fp32").precision == "fp32"
+
+
+def test_the_bf16_quality_gate_holds_for_the_embedded_model_at_small_size():
+    """auto picks bf16 for HDemucs (the embedded model) and HTDemucs: worst stem >= 40 dB SNR from
+    fp32. Pinned on one second of a generated song; benchmarks/precision_gate.py measures more."""
+    from stemsplit.catalog import load_model
+    from stemsplit.synth.song import render_song
+
+    model = load_model(None)
+    mix = torch.from_numpy(render_song(3, 1.5, 44100, 2)["mixture"]).float()
+    fp32 = Separator(model, device="cpu", precision="fp32").separate_tensor(mix)
+    bf16 = Separator(model, device="cpu", precision="bf16").separate_tensor(mix)
+    assert min(snr_db(fp32[i], bf16[i]) for i in range(4)) >= 40
+    model = tiny_htdemucs()
+    mix = 0.3 * torch.randn(2, 8000 * 2)
+    fp32 = Separator(model, device="cpu", precision="fp32").separate_tensor(mix)
+    bf16 = Separator(model, device="cpu", precision="bf16").separate_tensor(mix)
+    assert min(snr_db(fp32[i], bf16[i]) for i in range(4)) >= 40

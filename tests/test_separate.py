@@ -232,7 +232,7 @@ def _official_models():
 def test_parity_with_official_apply_model(name):
     model = _official_models()[name].eval()
     mix = _mix(2.6, seed=3) * 0.5
-    ours = Separator(model, device="cpu", batch_size=2).separate_tensor(mix)
+    ours = Separator(model, device="cpu", batch_size=2, precision="fp32").separate_tensor(mix)
     assert (ours - _official(model, mix)).abs().max() <= 1e-4
 
 
@@ -259,7 +259,7 @@ def test_parity_on_stemsplit_htdemucs():
     model = HTDemucs(sources=["a", "b"], channels=8, depth=2, samplerate=8000, segment=1, nfft=256, t_layers=1,
                      bottom_channels=0, t_heads=2, t_hidden_scale=1.0).eval()
     mix = _mix(2.3, seed=9) * 0.5
-    ours = Separator(model, device="cpu", batch_size=3).separate_tensor(mix)
+    ours = Separator(model, device="cpu", batch_size=3, precision="fp32").separate_tensor(mix)
     assert (ours - _official(model, mix)).abs().max() <= 1e-4
 
 
