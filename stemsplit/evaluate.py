@@ -171,7 +171,7 @@ def _separate_and_score(runner: Any, model: torch.nn.Module, track: Track, bss: 
     NaN, which the tables read as "undefined" and skip, so a broken model would pass as one with
     nothing to score); its error gets the file's name here.
     """
-    from stemsplit.audio import load_audio
+    from stemsplit.audio.decode import load_audio
     from stemsplit.pipeline import open_input, separate_audio
 
     rate, channels = int(model.samplerate), int(model.audio_channels)

@@ -21,16 +21,15 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 import torch
 from torch import nn
 
-from stemsplit.audio import (AudioWriter, SpooledAudio, StreamResampler, commit_together, encodable_samplerate,
-                             fit_length, mp3_compression_level, output_subtype, resample, spool_audio, temp_path_for,
-                             write_error)
+from stemsplit.audio.encode import (AudioWriter, commit_together, encodable_samplerate, mp3_compression_level,
+                                    output_subtype, write_error)
+from stemsplit.audio.resample import StreamResampler, fit_length, resample
+from stemsplit.audio.spool import SignalFile, SpooledAudio, spool_audio
 from stemsplit import atomic
 from stemsplit.constants import CLIP_MODES
 from stemsplit.engine.plan import source_indices
 from stemsplit.engine.separator import LongSignal, Separator
 from stemsplit.errors import AudioError, ModelError, SettingsError
-
-_SPOOL_READ_FRAMES = 1 << 18
 
 
 @dataclass
@@ -58,7 +57,7 @@ class TrackAudio(Protocol):
     """A decoded input: `signal` at the model's rate and channels, and the input's own facts.
 
     `native` is the input at its own rate (channels converted), where it was kept and differs
-    from `signal`. `stemsplit.audio.SpooledAudio` is one; `_TensorInput` another.
+    from `signal`. `stemsplit.audio.spool.SpooledAudio` is one; `_TensorInput` another.
     """
 
     signal: LongSignal
@@ -134,44 +133,6 @@ def _output_blocks(audio: TrackAudio, separator: Separator, wanted: list[str], t
 # ---- sinks ---------------------------------------------------------------------------------------
 
 
-class _Spool:
-    """Raw float32 frames in a hidden file next to the final output (for two-pass rescaling)."""
-
-    def __init__(self, target: Path, channels: int) -> None:
-        self.target, self.channels = target, channels
-        self.path = temp_path_for(target)
-        self._handle = open(self.path, "wb")
-
-    def write(self, block: torch.Tensor) -> None:
-        try:
-            self._handle.write(block.T.contiguous().numpy().astype("<f4", copy=False).tobytes())
-        except OSError as exc:
-            raise write_error(self.target, exc) from None
-
-    def close(self) -> None:
-        try:
-            self._handle.close()
-        except OSError as exc:
-            raise write_error(self.target, exc) from None
-
-    def blocks(self) -> Iterator[torch.Tensor]:
-        """Read the spooled frames back as `(channels, n)` tensors."""
-        import numpy as np
-
-        frame = 4 * self.channels
-        with open(self.path, "rb") as handle:
-            while True:
-                data = handle.read(_SPOOL_READ_FRAMES * frame)
-                if not data:
-                    break
-                yield torch.from_numpy(np.frombuffer(data, dtype="<f4").reshape(-1, self.channels).T.copy())
-
-    def discard(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
-        self.path.unlink(missing_ok=True)
-
-
 class _FileSink:
     """Stem files, all committed together or none; spooled first when they are rescaled at the end."""
 
@@ -192,14 +153,20 @@ class _FileSink:
         self._opened.append(writer)
         return writer
 
-    def _spool(self, path: Path) -> _Spool:
-        self._opened.append(_Spool(path, self.channels))
+    def _spool(self, path: Path) -> SignalFile:
+        try:
+            self._opened.append(SignalFile(self.channels, folder=path.parent))
+        except OSError as exc:
+            raise write_error(path, exc) from None
         return self._opened[-1]
 
     def write(self, block: torch.Tensor) -> None:
         self.peak = max(self.peak, float(block.abs().max()))
-        for sink, stem in zip(self._sinks, block):
-            sink.write(stem)
+        for sink, stem, path in zip(self._sinks, block, self.targets.values()):
+            try:
+                sink.append(stem) if self.rescale else sink.write(stem)
+            except OSError as exc:  # (a spool on a full disk; writers word their own errors)
+                raise write_error(path, exc) from None
 
     def commit(self) -> None:
         writers = self._sinks
@@ -207,18 +174,17 @@ class _FileSink:
             self.scale = 1.0 / max(1.01 * self.peak, 1.0)
             writers = []
             for path, spool in zip(self.targets.values(), self._sinks):
-                spool.close()
                 writer = self._writer(path)
                 for block in spool.blocks():
                     writer.write(block * self.scale if self.scale != 1.0 else block)
                 writer.close()
-                spool.discard()
+                spool.close()
                 writers.append(writer)
         commit_together(writers)
 
     def abort(self) -> None:
         for item in self._opened:
-            item.abort() if isinstance(item, AudioWriter) else item.discard()
+            item.abort() if isinstance(item, AudioWriter) else item.close()
 
 
 class _TensorSink:

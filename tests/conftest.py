@@ -122,6 +122,22 @@ def audio_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def read_audio(path, samplerate=None, channels=None):
+    """A decoded file and its rate: `(wav, samplerate)`, the way most tests want it."""
+    from stemsplit.audio.decode import load_audio
+
+    loaded = load_audio(path, samplerate, channels)
+    return loaded.wav, loaded.samplerate
+
+
+def write_audio(path, wav, samplerate, **options):
+    """Write a whole `(channels, time)` tensor through the stem writer (atomically)."""
+    from stemsplit.audio.encode import AudioWriter
+
+    with AudioWriter(path, samplerate, wav.shape[0], frames=wav.shape[-1], **options) as writer:
+        writer.write(wav)
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m stemsplit ARGS` for real; stdout is a pipe, so output is plain text."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))

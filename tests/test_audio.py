@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import AUDIO_SPECS, tone
+from conftest import AUDIO_SPECS, read_audio, tone, write_audio
 
-from stemsplit import audio
-from stemsplit.audio import AudioWriter, StreamResampler, load_audio, read_audio, write_audio
+from stemsplit.audio import decode as audio
+from stemsplit.audio.decode import load_audio
+from stemsplit.audio import encode
+from stemsplit.audio.encode import AudioWriter
+from stemsplit.audio.resample import StreamResampler
 from stemsplit.errors import AudioError
 
 LOSSLESS = {"stereo.wav", "mono.wav", "hi24.flac", "song.aiff", "low.wav", "max.wav", "mono48.flac"}
@@ -177,7 +180,7 @@ def test_mono_input_through_ffmpeg_prints_no_warning(tmp_path):
     sf.write(tmp_path / "mono.wav", tone(0.5, 44100, 1), 44100)
     subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-i", str(tmp_path / "mono.wav"), "-c:a", "aac",
                     str(path)], check=True)
-    code = f"from stemsplit.audio import load_audio; print(load_audio({str(path)!r}, 44100, 2).wav.shape)"
+    code = f"from stemsplit.audio.decode import load_audio; print(load_audio({str(path)!r}, 44100, 2).wav.shape)"
     run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stderr == "", run.stderr
 
@@ -237,6 +240,22 @@ def test_vbr_mp3_without_length_header_is_read_whole_with_ffmpeg(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_flac_stream_of_unknown_length_is_read_to_its_end(tmp_path):
+    """A FLAC written to a pipe (`ffmpeg -f flac -`) leaves STREAMINFO's total-samples field 0,
+    which libsndfile reports as 2**63-1 frames: the file is read until its frames end."""
+    x = (np.random.default_rng(0).random((44100, 2)) - 0.5).astype(np.float32)
+    path = tmp_path / "piped.flac"
+    sf.write(path, x, 44100)
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    data[21] &= 0xF0  # the 36-bit total-samples field starts at the low nibble of byte 21
+    data[22:26] = bytes(4)
+    path.write_bytes(bytes(data))
+    loaded = load_audio(path)
+    assert loaded.wav.shape == (2, 44100)
+    assert torch.allclose(loaded.wav, torch.from_numpy(x.T), atol=1e-4)
+
+
 def test_content_named_with_another_extension_goes_to_ffmpeg(audio_dir, tmp_path):
     """An AAC download saved as .mp3 is still read (libsndfile does not know it, ffmpeg does)."""
     path = tmp_path / "download.mp3"
@@ -350,7 +369,7 @@ def test_outputs_get_the_usual_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         target = tmp_path / "stem.wav"
-        audio.write_audio(target, torch.zeros(2, 100), 44100)
+        write_audio(target, torch.zeros(2, 100), 44100)
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
@@ -370,7 +389,7 @@ def test_streamed_writer_equals_one_shot_write(tmp_path):
 def test_a_wav_past_its_32_bit_sizes_is_written_as_rf64(tmp_path, monkeypatch, depth, limit, container):
     """Past 4 GiB of samples a plain WAV's header gave readers an eighth of the audio; the limit is
     lowered here to the size of one second of stereo."""
-    monkeypatch.setattr(audio, "_WAV_DATA_LIMIT", limit)
+    monkeypatch.setattr(encode, "_WAV_DATA_LIMIT", limit)
     wav = torch.from_numpy(tone(1.0, 22050, 2).T.copy())
     write_audio(tmp_path / "a.wav", wav, 22050, bit_depth=depth)
     assert sf.info(tmp_path / "a.wav").format == container

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import read_audio
 from test_train_data import RATE, write_musdb
 
 from stemsplit import metrics
-from stemsplit.audio import read_audio
 from stemsplit.checkpoint import build_model, save_checkpoint
 from stemsplit.errors import DataError, StemsplitError
 from stemsplit.evaluate import Evaluation, evaluate

@@ -7,9 +7,9 @@ import os
 import pytest
 import soundfile as sf
 import torch
-from conftest import GainModel, gain_expected, tone
+from conftest import GainModel, gain_expected, read_audio, tone
 
-from stemsplit import audio
+from stemsplit.audio import encode as audio
 from stemsplit.errors import AudioError, ModelError
 from stemsplit.pipeline import OutputOptions, output_stems, separate_file
 from stemsplit.engine.separator import Separator
@@ -39,8 +39,7 @@ def test_two_stems_sum_back_to_the_input(tmp_path, keep_samplerate):
         original = _read(src)
         assert drums.shape == original.shape
     else:
-        from stemsplit.audio import read_audio
-
+        
         original = read_audio(src, 8000, 1)[0]
     assert (drums + rest - original).abs().max() < 1e-6
     assert drums.abs().max() > 0.1
@@ -225,7 +224,7 @@ def test_mp3_of_a_rate_mp3_cannot_hold_is_written_at_the_nearest_mp3_rate(tmp_pa
     drums, rest = _read(targets["drums"]), _read(targets["no_drums"])
     assert sf.info(targets["drums"]).samplerate == written and drums.shape[0] == 2
     assert abs(drums.shape[-1] - written // 2) < written // 10  # codec padding only
-    from stemsplit.audio import read_audio, resample
+    from stemsplit.audio.resample import resample
 
     mix = resample(read_audio(src, 8000, 2)[0], 8000, written)  # what the model saw, at the output rate
     n = min(mix.shape[-1], drums.shape[-1])

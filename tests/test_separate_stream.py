@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import GainModel, tiny_demucs, tone
+from conftest import GainModel, read_audio, tiny_demucs, tone
 
-from stemsplit.audio import SignalFile, load_audio, read_audio, spool_audio
+from stemsplit.audio.decode import load_audio
+from stemsplit.audio.spool import SignalFile, spool_audio
 from stemsplit.errors import AudioError
 from stemsplit.pipeline import OutputOptions, separate_file
 from stemsplit.engine.separator import Separator, _mean_std

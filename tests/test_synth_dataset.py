@@ -100,7 +100,9 @@ def _files(folder):
 def test_an_interrupted_song_leaves_no_mixed_or_partial_song_folder(tmp_path, monkeypatch):
     old = write_dataset(tmp_path, songs=1, seconds=0.5, seed=1, samplerate=8000)[0]
     before = _files(old)
-    real_write, calls = soundfile.write, []
+    from stemsplit.audio.encode import AudioWriter
+
+    real_write, calls = AudioWriter.write, []
 
     def interrupted_on(n):
         def write(*args, **kwargs):
@@ -111,13 +113,13 @@ def test_an_interrupted_song_leaves_no_mixed_or_partial_song_folder(tmp_path, mo
         return write
 
     # Ctrl-C at the third file of song 0: its old files, all of them, stay as they were
-    monkeypatch.setattr(soundfile, "write", interrupted_on(3))
+    monkeypatch.setattr(AudioWriter, "write", interrupted_on(3))
     with pytest.raises(KeyboardInterrupt):
         write_dataset(tmp_path, songs=2, seconds=0.5, seed=2, samplerate=8000)
     assert _files(old) == before
     # Ctrl-C at the third file of song 1: song 0 is the new one, whole; no folder for song 1
     calls.clear()
-    monkeypatch.setattr(soundfile, "write", interrupted_on(8))
+    monkeypatch.setattr(AudioWriter, "write", interrupted_on(8))
     with pytest.raises(KeyboardInterrupt):
         write_dataset(tmp_path, songs=2, seconds=0.5, seed=2, samplerate=8000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song_00000"]

@@ -1,8 +1,8 @@
 """write_dataset: a MUSDB-style folder of synthetic songs on disk.
 
 Owns the folder layout (`out_dir/<song>/{mixture,drums,bass,other,vocals}.wav`), the per-song
-seeds and atomic writes of whole songs. It must not render audio itself (song.py does) and must
-not import torch.
+seeds and writing whole songs as groups through the stem writer (`stemsplit.audio.encode`). It must
+not render audio itself (song.py does) and must not import torch.
 """
 from __future__ import annotations
 
@@ -12,39 +12,38 @@ from typing import Callable
 
 import numpy as np
 
-from stemsplit.atomic import commit_all, discard, temp_path_for
 from stemsplit.errors import AudioError
 from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed
 
-SUBTYPES = {"float": "FLOAT", "16": "PCM_16", "24": "PCM_24"}
+BIT_DEPTHS = {"float": 32, "16": 16, "24": 24}  # --bit-depth -> the stem writer's (32 is float)
 
 
-def _write_song(folder: Path, stems: dict[str, np.ndarray], samplerate: int, subtype: str) -> None:
-    """Write the five files of one song as a group: all of them take their names, or none does.
+def _write_song(folder: Path, stems: dict[str, np.ndarray], samplerate: int, bit_depth: int) -> None:
+    """Write the five files of one song as a group, with the stem writer: all of them take their
+    names, or none does.
 
     Written one by one, a song interrupted (Ctrl-C, a full disk) part way would keep some files
     of an earlier song of that name next to new ones, a complete-looking folder whose mixture is
     not the sum of its stems, or a folder missing stems that a training run then stops on. A song
     folder this call created is removed again when it fails.
     """
-    import soundfile
+    from stemsplit.audio.encode import AudioWriter, commit_together
 
     created = not folder.exists()
-    pairs: list[tuple[Path, Path]] = []
+    writers: list[AudioWriter] = []
     try:
         for name in ("mixture", *SOURCES):
-            final = folder / f"{name}.wav"
-            pairs.append((temp_path_for(final), final))
-            soundfile.write(str(pairs[-1][0]), stems[name].T, samplerate, subtype=subtype, format="WAV")
-        commit_all(pairs)
-    except BaseException as exc:
-        for temp, _ in pairs:
-            discard(temp)
+            audio = stems[name]
+            writers.append(AudioWriter(folder / f"{name}.wav", samplerate, audio.shape[0], bit_depth=bit_depth,
+                                       fmt="wav", frames=audio.shape[-1]))
+            writers[-1].write(audio)
+        commit_together(writers)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        if isinstance(exc, (OSError, RuntimeError, soundfile.SoundFileError)):
-            raise AudioError(f"{folder}: cannot write the song ({exc})") from exc
         raise
 
 
@@ -64,8 +63,8 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
         raise ValueError(f"songs must be >= 0, got {songs}")
     if seed < 0:  # numpy's own message ("expected non-negative integer") names no option
         raise ValueError(f"seed must be >= 0, got {seed}")
-    if bit_depth not in SUBTYPES:
-        raise ValueError(f"bit_depth must be one of {', '.join(SUBTYPES)}, got {bit_depth!r}")
+    if bit_depth not in BIT_DEPTHS:
+        raise ValueError(f"bit_depth must be one of {', '.join(BIT_DEPTHS)}, got {bit_depth!r}")
     check_options(seconds, samplerate, channels, options.get("styles"), options.get("vocal_modes"),
                   options.get("exclude", ()))
     if options.get("soundfont") is not None:
@@ -81,7 +80,7 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     for i in range(songs):
         stems = render_song(song_seed(seed, i), seconds, samplerate, channels, **options)
         folder = root / f"song_{i:05d}"
-        _write_song(folder, stems, samplerate, SUBTYPES[bit_depth])
+        _write_song(folder, stems, samplerate, BIT_DEPTHS[bit_depth])
         folders.append(folder)
         if progress is not None:
             progress(i + 1, songs)
