@@ -216,7 +216,7 @@ def test_progress_bar_shows_bracketed_file_names_literally():
     from rich.console import Console
 
     from stemsplit.batch import BatchEvent, TrackRecord
-    from stemsplit.cli import _BatchDisplay
+    from stemsplit.cli.separate import _BatchDisplay
 
     display = _BatchDisplay(Console(file=io.StringIO(), force_terminal=True), 1, fancy=True, plain=False,
                             verbose=False)

@@ -1,0 +1,259 @@
+"""`stemsplit separate` (the default command): parse the flags, load the model, run the batch,
+render its events and the `--json` summary.
+
+It must not separate, name files or decide what a track's failure is: `batch` and `pipeline` do.
+"""
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from stemsplit.cli.app import app
+from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _settings_failure
+from stemsplit.constants import DEFAULT_TEMPLATE, MP3_BITRATES
+
+class _Format(str, enum.Enum):
+    wav = "wav"
+    flac = "flac"
+    mp3 = "mp3"
+
+
+class _BitDepth(str, enum.Enum):
+    b16 = "16"
+    b24 = "24"
+    b32 = "32"
+
+
+class _Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class _Clip(str, enum.Enum):
+    rescale = "rescale"
+    clamp = "clamp"
+    none = "none"
+
+
+class _BatchDisplay:
+    """Renders batch events: live bars on a terminal (`fancy`), one line per track on a pipe
+    (`plain`), and every failure as a red line on stderr whatever the mode (even --json, -q)."""
+
+    def __init__(self, console: Any, tracks: int, *, fancy: bool, plain: bool, verbose: bool) -> None:
+        from rich.console import Console
+
+        self.console, self.errors = console, Console(stderr=True)
+        self.plain, self.verbose = plain, verbose
+        self.lines = fancy or plain
+        self.bar: Any = None
+        self.all: Any = None  # the "all tracks" bar's task
+        self.task: Any = None  # the bar of the track being separated
+        if fancy:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                       TimeRemainingColumn)
+            from rich.text import Text
+
+            class _Speed(ProgressColumn):
+                """Seconds of audio separated per second of wall time."""
+
+                def render(self, task):  # type: ignore[no-untyped-def]
+                    audio = task.fields.get("audio", 0.0)
+                    if not task.elapsed or not audio:
+                        return Text("")
+                    return Text(f"{audio / task.elapsed:.1f}x")
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
+                                TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.all = self.bar.add_task("all tracks", total=tracks)
+
+    def __call__(self, event: Any) -> None:
+        from rich.markup import escape
+
+        record = event.record
+        if event.kind == "start":
+            if self.bar is not None:  # the bar reads its description as markup: "song [live].wav" must stay literal
+                self.task = self.bar.add_task(escape(Path(record.input).name), total=None, audio=0.0)
+            return
+        if event.kind == "progress":
+            if self.task is not None:
+                audio = (record.duration or 0.0) * event.done / event.total if event.total else 0.0
+                self.bar.update(self.task, completed=event.done, total=event.total, audio=audio)
+            return
+        if event.kind == "failed":
+            self.errors.print(f"[red]error:[/red] {escape(event.message)}", highlight=False, soft_wrap=True)
+        elif record.status == "skipped":
+            if self.plain:
+                self.console.print(f"skipped {record.input} (outputs exist; --overwrite to redo)", highlight=False,
+                                   soft_wrap=True, markup=False)
+        else:
+            if self.lines:
+                folder = next(iter(record.outputs.values())).parent
+                self.console.print(f"ok {record.input} -> {folder} ({record.duration:.1f} s of audio in "
+                                   f"{record.seconds:.1f} s)", highlight=False, soft_wrap=True, markup=False)
+            if self.verbose and event.scale != 1.0:
+                self.console.print(f"  rescaled by {event.scale:.3f} to avoid clipping", highlight=False)
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            self.bar.advance(self.all)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("separate")
+def separate(
+    inputs: List[str] = typer.Argument(..., metavar="INPUTS...",
+                                       help="Audio files, folders (searched recursively) or glob patterns."),
+    model: Optional[str] = typer.Option(None, "-n", "--model", help="Model name (see `stemsplit models`); "
+                                        "default: the embedded model."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="Load the model from this checkpoint file.",
+                                              dir_okay=False),
+    repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look -n names up in "
+                                        "(nothing is downloaded); not with --model-path.", file_okay=False),
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
+    filename: str = typer.Option(DEFAULT_TEMPLATE, "--filename", help="Output path template inside --out, with "
+                                 "{model} {track} {stem} {ext}."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Write only these stems, comma separated "
+                                        "(e.g. drums,vocals)."),
+    two_stems: Optional[str] = typer.Option(None, "--two-stems", metavar="STEM", help="Write STEM and no_STEM "
+                                            "(the mixture minus STEM)."),
+    fmt: _Format = typer.Option(_Format.wav, "--format", help="Output format."),
+    bit_depth: _BitDepth = typer.Option(_BitDepth.b16, "--bit-depth",
+                                        help="Bits per sample for wav/flac; 32 = float (wav only)."),
+    mp3_bitrate: int = typer.Option(320, "--mp3-bitrate", metavar="KBPS",
+                                    help="Constant MP3 bitrate in kbps: 32, 40, 48, 56, 64, 80, 96, 112, 128, "
+                                         "160, 192, 224, 256 or 320 (exact at 32/44.1/48 kHz)."),
+    clip: _Clip = typer.Option(_Clip.rescale, "--clip", help="Avoid clipping: rescale all stems of a track by one factor, clamp each "
+                                  "sample, or none."),
+    keep_samplerate: bool = typer.Option(True, "--keep-samplerate/--model-samplerate",
+                                         help="Write stems at the input's sample rate, or at the model's."),
+    device: str = typer.Option("auto", "-d", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, "
+                               "cuda:N or mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", metavar="SECONDS",
+                                            help="Segment length in seconds (default: the model's). Longer than "
+                                                 "the track is fine: memory follows the track's length."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Overlap between segments, in [0, 1)."),
+    shifts: int = typer.Option(0, "--shifts", min=0, help="Average N randomly shifted passes (slower, "
+                               "slightly better; deterministic, see --seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random shifts."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
+    precision: _Precision = typer.Option(_Precision.fp32, "--precision",
+                                         help="Network precision: fp32; bf16, about 2x faster on CPUs with "
+                                              "AVX512-BF16/AMX and on CUDA; or fp16 (CUDA only). bf16/fp16 stems "
+                                              "differ from fp32 by ~40-50 dB SNR."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
+                                   "(default: skip them)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print model and settings details."),
+) -> None:
+    """Separate songs into stems: `stemsplit separate song.mp3` (or just `stemsplit song.mp3`)."""
+    if model is not None and model_path is not None:
+        raise _fail("use either -n/--model or --model-path, not both", 2)
+    if repo is not None and model_path is not None:  # --repo looks names up; a file needs no lookup
+        raise _fail("use either --repo (with -n/--model) or --model-path, not both", 2)
+    if repo is not None and model is None:  # the embedded default would silently ignore it
+        raise _fail("--repo looks up the model named by -n/--model: give -n NAME too", 2)
+    if quiet and verbose:
+        raise _fail("use either -q/--quiet or -v/--verbose, not both", 2)
+    if stems is not None and two_stems is not None:
+        raise _fail("use either --stems or --two-stems, not both", 2)
+    fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
+    _check_segments(segment, overlap)
+    if mp3_bitrate not in MP3_BITRATES:
+        raise _fail(f"--mp3-bitrate {mp3_bitrate} is not an MP3 bitrate "
+                    f"(use one of {', '.join(map(str, MP3_BITRATES))})", 2)
+    if fmt == "flac" and bit_depth == "32":
+        raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
+
+    from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
+    from stemsplit.errors import ModelError, SettingsError, StemsplitError, TemplateError
+
+    try:
+        check_template(filename)
+    except TemplateError as exc:
+        raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
+    wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
+    if stems is not None and not wanted:
+        raise _fail("--stems needs at least one stem name", 2)
+
+    from rich.console import Console
+
+    from stemsplit.catalog import load_model
+    from stemsplit.engine.separator import Separator
+    from stemsplit.pipeline import OutputOptions, output_stems
+
+    console = Console()
+    tracks = expand_inputs(inputs, out)
+    label = model_label(model_path if model_path is not None else model)
+    try:
+        net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
+                                  show=not (as_json or quiet))
+    except StemsplitError as exc:
+        raise _cannot_start(exc, tracks, label, out, as_json) from None
+    try:
+        output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
+    except ModelError as exc:
+        raise _fail(exc, 2) from None
+    try:
+        separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
+                              batch_size=batch_size, precision=precision.value)
+    except SettingsError as exc:  # (a --segment or --overlap this model cannot run with)
+        raise _settings_failure(exc) from None
+    except StemsplitError as exc:
+        raise _cannot_start(exc, tracks, label, out, as_json) from None
+    options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
+                            keep_samplerate=keep_samplerate)
+    if verbose and not as_json:
+        console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
+                      f"{net.audio_channels} channels; device {separator.device}; segment "
+                      f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
+                      f"batch size {batch_size}, precision {precision.value}", highlight=False, markup=False)
+
+    display = _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
+                            plain=not console.is_terminal and not as_json and not quiet,
+                            verbose=verbose and not as_json)
+    try:
+        records = separate_batch(tracks, separator, out, model=label, template=filename, stems=wanted,
+                                 two_stems=two_stems, options=options, overwrite=overwrite, on_event=display)
+    finally:
+        display.close()
+    if as_json:
+        _print_summary(label, out, records)
+    if any(r.status == "failed" for r in records):
+        raise typer.Exit(1)
+
+
+def _print_summary(label: str, out: Path, records: list, error: Optional[str] = None) -> None:
+    """The --json document on stdout: counts, one record per track, and `error` for a run that
+    could not start, so that a script reading stdout gets a document whatever happened."""
+    import json
+    import sys
+
+    summary = {
+        "model": label, "out": str(out),
+        "ok": sum(r.status == "ok" for r in records),
+        "skipped": sum(r.status == "skipped" for r in records),
+        "failed": sum(r.status == "failed" for r in records),
+        "tracks": [r.as_dict() for r in records],
+    }
+    if error is not None:
+        summary["error"] = error
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+
+
+def _cannot_start(error: Exception, tracks: list, label: str, out: Path, as_json: bool) -> "typer.Exit":
+    """Report a run that failed before any track (the model or the device): every track failed."""
+    if as_json:
+        from stemsplit.batch import TrackRecord
+
+        _print_summary(label, out, [TrackRecord(t.input, error=t.error or str(error)) for t in tracks], str(error))
+    return _fail(error, 1)
