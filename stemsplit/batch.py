@@ -65,13 +65,10 @@ class TrackRecord:
     error: Optional[str] = None
 
     def as_dict(self) -> dict:
-        """JSON-ready: paths as strings, and `error` only for a track that has one."""
-        data: dict = {"input": self.input, "status": self.status,
-                      "outputs": {stem: str(path) for stem, path in self.outputs.items()},
-                      "duration": self.duration, "seconds": self.seconds}
-        if self.error is not None:
-            data["error"] = self.error
-        return data
+        """JSON-ready: paths as strings; `error` is null for a track that has none."""
+        return {"input": self.input, "status": self.status,
+                "outputs": {stem: str(path) for stem, path in self.outputs.items()},
+                "duration": self.duration, "seconds": self.seconds, "error": self.error}
 
 
 @dataclass(frozen=True)

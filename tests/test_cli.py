@@ -113,6 +113,9 @@ def test_two_stems_template_format_and_rate_options(tmp_path, audio_dir, tiny_ch
         (["--format", "ogg"], "ogg"),
         (["--repo", "."], "use either --repo (with -n/--model) or --model-path, not both"),
         (["--segment", "nan"], "--segment must be a positive number of seconds, got nan"),
+        (["-d", "tpu"], "--device names an unknown device 'tpu'"),
+        (["--shard", "3/2"], "--shard '3/2' is not K/N or auto/N"),
+        (["--shard", "auto/4"], "--shard auto/4 needs SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX"),
         # known only once the model is loaded; each track failed with exit 1
         (["--overlap", "0.9999999999"], "--segment 1.0 s with overlap 0.9999999999 leaves no sample between segments; raise the segment or lower the overlap"),
         (["--segment", "1e-9"], "leaves no sample between segments"),
@@ -141,8 +144,8 @@ def test_a_segment_longer_than_the_track_covers_it_whole(tmp_path, audio_dir, ti
 
 
 @pytest.mark.parametrize("setup", [["--model-path", "missing.safetensors"], ["--model-path", "corrupt.safetensors"],
-                                   ["-n", "no-such-model"], ["--model-path", "tiny.safetensors", "-d", "tpu"]],
-                         ids=["missing", "corrupt", "unknown-name", "unknown-device"])
+                                   ["-n", "no-such-model.th"]],
+                         ids=["missing", "corrupt", "missing-named-file"])
 def test_a_run_that_cannot_start_still_gives_a_json_document(tmp_path, audio_dir, tiny_checkpoint, setup):
     (tmp_path / "corrupt.safetensors").write_bytes(b"not a checkpoint" * 10)
     shutil.copy(tiny_checkpoint, tmp_path / "tiny.safetensors")
@@ -246,3 +249,67 @@ def test_sigterm_mid_separation_leaves_no_partial_files(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, (process.returncode, stderr)
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_an_unknown_model_name_is_a_usage_error(tmp_path, audio_dir):
+    result = run_cli(str(audio_dir / "stereo.wav"), "-n", "htdemucz", "--json", cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "unknown model 'htdemucz'; did you mean 'htdemucs'?" in result.stderr and result.stdout == ""
+    assert not (tmp_path / "separated").exists()
+
+
+def test_json_names_device_precision_and_a_null_error_for_every_track(tmp_path, audio_dir, tiny_checkpoint):
+    result = run_cli(str(audio_dir / "stereo.wav"), "--model-path", str(tiny_checkpoint), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["device"] == "cpu" and summary["precision"] in ("fp32", "bf16")
+    assert [track["error"] for track in summary["tracks"]] == [None]
+    again = json.loads(run_cli(str(audio_dir / "stereo.wav"), "--model-path", str(tiny_checkpoint), "--json",
+                               cwd=tmp_path).stdout)
+    assert again["tracks"][0]["status"] == "skipped" and again["tracks"][0]["error"] is None
+
+
+def test_models_info_of_an_unknown_name_still_prints_a_json_document(tmp_path):
+    result = run_cli("models", "info", "nosuch", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "unknown model 'nosuch'" in json.loads(result.stdout)["error"]
+
+
+def test_a_file_name_with_control_characters_stays_on_one_line(tmp_path, audio_dir, tiny_checkpoint):
+    shutil.copy(audio_dir / "stereo.wav", tmp_path / "two\nlines\x1b[31m.wav")
+    result = run_cli("two\nlines\x1b[31m.wav", "--model-path", str(tiny_checkpoint), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("ok two\\nlines\\x1b[31m.wav -> ")
+    assert "\x1b" not in result.stdout
+
+
+def test_a_file_name_starting_with_a_dash_gets_the_double_dash_hint(tmp_path, audio_dir, tiny_checkpoint):
+    shutil.copy(audio_dir / "stereo.wav", tmp_path / "-dash.wav")
+    result = run_cli("-dash.wav", "--model-path", str(tiny_checkpoint), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: '-dash.wav' is a file, but a name starting with '-' reads as options: "
+                                     "put -- before the file names (stemsplit -- -dash.wav)")
+    fixed = run_cli("--model-path", str(tiny_checkpoint), "--", "-dash.wav", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert (tmp_path / "separated" / "tiny" / "-dash" / "vocals.wav").is_file()
+
+
+def test_shards_of_a_folder_are_disjoint_and_cover_it(tmp_path, audio_dir, tiny_checkpoint):
+    """The README's job-array command line: N shard runs (Slurm's --array=1-N and Kubernetes'
+    JOB_COMPLETION_INDEX=0..N-1 spellings), each writing only its own tracks."""
+    music = tmp_path / "Music"
+    for artist in ("a", "b"):
+        for k in range(3):
+            (music / artist).mkdir(parents=True, exist_ok=True)
+            shutil.copy(audio_dir / "mono.wav", music / artist / f"mixture{k}.wav")
+    seen = []
+    for index, env in enumerate([{"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1"},
+                                 {"JOB_COMPLETION_INDEX": "1"}, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0"}]):
+        result = run_cli("Music", "--model-path", str(tiny_checkpoint), "--shard", "auto/3", "--json",
+                         "--filename", "{dir}/{track}/{stem}.{ext}", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        seen.append([track["input"] for track in json.loads(result.stdout)["tracks"]])
+    flat = sorted(name for shard in seen for name in shard)
+    assert flat == sorted(str(p.relative_to(tmp_path)) for p in music.rglob("*.wav"))  # complete, disjoint
+    for artist in ("a", "b"):
+        assert sorted(p.name for p in (tmp_path / "separated" / artist).iterdir()) == [f"mixture{k}" for k in range(3)]

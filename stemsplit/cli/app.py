@@ -22,7 +22,30 @@ class _DefaultToSeparate(typer.core.TyperGroup):
         # --version, so any other leading option is separate's, and so is its value (`-o models`).
         if args and args[0] not in self.commands and args[0] not in ("--help", "--version"):
             args = ["separate", *args]
+        if args and args[0] == "separate":
+            _refuse_dashed_files(self.commands["separate"], args[1:])
         return super().parse_args(ctx, args)
+
+
+def _refuse_dashed_files(command: Any, args: List[str]) -> None:
+    """A file whose name starts with '-' (`-dash.wav`) would be read as options (`-d ash.wav`):
+    refuse it with the fix, `--` before file names, instead of a puzzling option error."""
+    import os
+
+    # options are the params with an `is_flag` (arguments have none); typer may bring its own click
+    takes_value = {name for param in command.params if getattr(param, "is_flag", True) is False
+                   for name in param.opts}
+    previous = ""
+    for arg in args:
+        if arg == "--":
+            return
+        if arg.startswith("-") and len(arg) > 1 and previous not in takes_value and os.path.isfile(arg):
+            from stemsplit.cli.common import _fail
+
+            # (raised while the group parses, before click's own usage-error handling)
+            raise SystemExit(_fail(f"{arg!r} is a file, but a name starting with '-' reads as options: put "
+                                   f"-- before the file names (stemsplit -- {arg})", 2).exit_code)
+        previous = arg
 
 
 app = typer.Typer(

@@ -24,7 +24,16 @@ def _error_line(message: object) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {escape(printable(str(message)))}", highlight=False,
+                               soft_wrap=True)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (a newline or an escape sequence in a file name) written as
+    Python escapes, so that one record stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _settings_failure(exc: Any) -> "typer.Exit":

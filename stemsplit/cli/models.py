@@ -146,4 +146,8 @@ def models(
         else:
             _models_path(name, as_json)
     except StemsplitError as exc:
+        if as_json:  # a script reading stdout gets a document whatever happened
+            import json
+
+            typer.echo(json.dumps({"error": str(exc)}, indent=2))
         raise _fail(exc, 1) from None

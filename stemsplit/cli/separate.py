@@ -12,31 +12,19 @@ from typing import Any, List, Optional
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _settings_failure
-from stemsplit.constants import DEFAULT_TEMPLATE, MP3_BITRATES
-
-class _Format(str, enum.Enum):
-    wav = "wav"
-    flac = "flac"
-    mp3 = "mp3"
+from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _settings_failure, printable
+from stemsplit.constants import BIT_DEPTHS, CLIP_MODES, DEFAULT_TEMPLATE, MP3_BITRATES, OUTPUT_FORMATS, PRECISIONS
 
 
-class _BitDepth(str, enum.Enum):
-    b16 = "16"
-    b24 = "24"
-    b32 = "32"
+def _choices(name: str, values: tuple) -> Any:
+    """An option type that offers exactly `values` (typer reads choices from a str enum)."""
+    return enum.Enum(name, {str(v): str(v) for v in values}, type=str)
 
 
-class _Precision(str, enum.Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class _Clip(str, enum.Enum):
-    rescale = "rescale"
-    clamp = "clamp"
-    none = "none"
+_Format = _choices("Format", OUTPUT_FORMATS)
+_BitDepth = _choices("BitDepth", BIT_DEPTHS)
+_Precision = _choices("Precision", PRECISIONS)
+_Clip = _choices("Clip", CLIP_MODES)
 
 
 class _BatchDisplay:
@@ -77,7 +65,7 @@ class _BatchDisplay:
         record = event.record
         if event.kind == "start":
             if self.bar is not None:  # the bar reads its description as markup: "song [live].wav" must stay literal
-                self.task = self.bar.add_task(escape(Path(record.input).name), total=None, audio=0.0)
+                self.task = self.bar.add_task(escape(printable(Path(record.input).name)), total=None, audio=0.0)
             return
         if event.kind == "progress":
             if self.task is not None:
@@ -85,15 +73,15 @@ class _BatchDisplay:
                 self.bar.update(self.task, completed=event.done, total=event.total, audio=audio)
             return
         if event.kind == "failed":
-            self.errors.print(f"[red]error:[/red] {escape(event.message)}", highlight=False, soft_wrap=True)
+            self.errors.print(f"[red]error:[/red] {escape(printable(event.message))}", highlight=False, soft_wrap=True)
         elif record.status == "skipped":
             if self.plain:
-                self.console.print(f"skipped {record.input} (outputs exist; --overwrite to redo)", highlight=False,
+                self.console.print(f"skipped {printable(record.input)} (outputs exist; --overwrite to redo)", highlight=False,
                                    soft_wrap=True, markup=False)
         else:
             if self.lines:
                 folder = next(iter(record.outputs.values())).parent
-                self.console.print(f"ok {record.input} -> {folder} ({record.duration:.1f} s of audio in "
+                self.console.print(f"ok {printable(record.input)} -> {printable(str(folder))} ({record.duration:.1f} s of audio in "
                                    f"{record.seconds:.1f} s)", highlight=False, soft_wrap=True, markup=False)
             if self.verbose and event.scale != 1.0:
                 self.console.print(f"  rescaled by {event.scale:.3f} to avoid clipping", highlight=False)
@@ -125,13 +113,13 @@ def separate(
                                         "(e.g. drums,vocals)."),
     two_stems: Optional[str] = typer.Option(None, "--two-stems", metavar="STEM", help="Write STEM and no_STEM "
                                             "(the mixture minus STEM)."),
-    fmt: _Format = typer.Option(_Format.wav, "--format", help="Output format."),
-    bit_depth: _BitDepth = typer.Option(_BitDepth.b16, "--bit-depth",
+    fmt: _Format = typer.Option(_Format("wav"), "--format", help="Output format."),
+    bit_depth: _BitDepth = typer.Option(_BitDepth("16"), "--bit-depth",
                                         help="Bits per sample for wav/flac; 32 = float (wav only)."),
     mp3_bitrate: int = typer.Option(320, "--mp3-bitrate", metavar="KBPS",
                                     help="Constant MP3 bitrate in kbps: 32, 40, 48, 56, 64, 80, 96, 112, 128, "
                                          "160, 192, 224, 256 or 320 (exact at 32/44.1/48 kHz)."),
-    clip: _Clip = typer.Option(_Clip.rescale, "--clip", help="Avoid clipping: rescale all stems of a track by one factor, clamp each "
+    clip: _Clip = typer.Option(_Clip("rescale"), "--clip", help="Avoid clipping: rescale all stems of a track by one factor, clamp each "
                                   "sample, or none."),
     keep_samplerate: bool = typer.Option(True, "--keep-samplerate/--model-samplerate",
                                          help="Write stems at the input's sample rate, or at the model's."),
@@ -145,10 +133,14 @@ def separate(
                                "slightly better; deterministic, see --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random shifts."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
-    precision: _Precision = typer.Option(_Precision.fp32, "--precision",
-                                         help="Network precision: fp32; bf16, about 2x faster on CPUs with "
-                                              "AVX512-BF16/AMX and on CUDA; or fp16 (CUDA only). bf16/fp16 stems "
-                                              "differ from fp32 by ~40-50 dB SNR."),
+    precision: _Precision = typer.Option(_Precision("auto"), "--precision",
+                                         help="Network precision. auto: bf16 where the CPU (AVX512-BF16/AMX) or "
+                                              "CUDA device runs it natively and the model family keeps its quality "
+                                              "(stems ~45 dB SNR from fp32), else fp32; fp32: exact; bf16; fp16 "
+                                              "(CUDA only)."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
+                                        help="Keep shard K of N (1-based) of the inputs, by a stable hash of each "
+                                             "path; auto/N takes K from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
                                    "(default: skip them)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
@@ -174,13 +166,16 @@ def separate(
     if fmt == "flac" and bit_depth == "32":
         raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
-    from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
+    from stemsplit.batch import check_template, expand_inputs, model_label, parse_shard, select_shard, separate_batch
     from stemsplit.errors import ModelError, SettingsError, StemsplitError, TemplateError
 
     try:
         check_template(filename)
+        shard_of = parse_shard(shard) if shard is not None else None
     except TemplateError as exc:
         raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
+    except SettingsError as exc:
+        raise _settings_failure(exc) from None
     wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
     if stems is not None and not wanted:
         raise _fail("--stems needs at least one stem name", 2)
@@ -188,11 +183,21 @@ def separate(
     from rich.console import Console
 
     from stemsplit.catalog import load_model
-    from stemsplit.engine.separator import Separator
+    from stemsplit.engine.separator import Separator, resolve_device
     from stemsplit.pipeline import OutputOptions, output_stems
 
+    try:  # a device this machine lacks is the run's failure (exit 1); a misspelt one a usage error
+        resolve_device(device)
+    except SettingsError as exc:
+        raise _settings_failure(exc) from None
+    except StemsplitError:
+        pass
+    if model is not None and repo is None:
+        _check_model_name(model)
     console = Console()
     tracks = expand_inputs(inputs, out)
+    if shard_of is not None:
+        tracks = select_shard(tracks, *shard_of)
     label = model_label(model_path if model_path is not None else model)
     try:
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
@@ -206,6 +211,7 @@ def separate(
     try:
         separator = Separator(net, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                               batch_size=batch_size, precision=precision.value)
+
     except SettingsError as exc:  # (a --segment or --overlap this model cannot run with)
         raise _settings_failure(exc) from None
     except StemsplitError as exc:
@@ -216,7 +222,8 @@ def separate(
         console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
                       f"{net.audio_channels} channels; device {separator.device}; segment "
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
-                      f"batch size {batch_size}, precision {precision.value}", highlight=False, markup=False)
+                      f"batch size {batch_size}, precision {separator.precision}"
+                      f"{' (auto)' if precision.value == 'auto' else ''}", highlight=False, markup=False)
 
     display = _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
                             plain=not console.is_terminal and not as_json and not quiet,
@@ -227,19 +234,38 @@ def separate(
     finally:
         display.close()
     if as_json:
-        _print_summary(label, out, records)
+        _print_summary(label, out, records, settings={"device": str(separator.device),
+                                                       "precision": separator.precision})
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
 
 
-def _print_summary(label: str, out: Path, records: list, error: Optional[str] = None) -> None:
+def _check_model_name(name: str) -> None:
+    """A name that is neither a catalog model nor a file is a usage error (exit 2), refused before
+    any input is read; loading words every other problem with a model."""
+    import os
+
+    from stemsplit.catalog import get_entry
+    from stemsplit.constants import DEFAULT_MODEL
+    from stemsplit.errors import ModelError
+
+    if name == DEFAULT_MODEL or os.path.exists(name) or "/" in name or os.sep in name or "." in name:
+        return
+    try:
+        get_entry(name)
+    except ModelError as exc:
+        raise _fail(f"-n/--model: {exc}", 2) from None
+
+
+def _print_summary(label: str, out: Path, records: list, error: Optional[str] = None,
+                   settings: Optional[dict] = None) -> None:
     """The --json document on stdout: counts, one record per track, and `error` for a run that
     could not start, so that a script reading stdout gets a document whatever happened."""
     import json
     import sys
 
     summary = {
-        "model": label, "out": str(out),
+        "model": label, "out": str(out), **(settings or {"device": None, "precision": None}),
         "ok": sum(r.status == "ok" for r in records),
         "skipped": sum(r.status == "skipped" for r in records),
         "failed": sum(r.status == "failed" for r in records),

@@ -47,8 +47,8 @@ Signal = Union[torch.Tensor, LongSignal]
 def resolve_device(spec: Union[str, torch.device]) -> torch.device:
     """Turn `auto`, `cpu`, `cuda`, `cuda:N` or `mps` into an available torch device.
 
-    `auto` prefers CUDA, then Apple MPS, then the CPU. Raises ModelError for unknown spellings and
-    for devices this machine does not have.
+    `auto` prefers CUDA, then Apple MPS, then the CPU. Raises SettingsError for unknown spellings
+    and ModelError for devices this machine does not have.
     """
     text = str(spec).strip().lower()
     if text == "auto":
@@ -60,7 +60,7 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ModelError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise SettingsError("device", f"names an unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelError(f"device {spec!r} requested but CUDA is not available on this machine")
@@ -70,7 +70,7 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
         if not torch.backends.mps.is_available():
             raise ModelError(f"device {spec!r} requested but Apple MPS is not available on this machine")
     elif device.type != "cpu":
-        raise ModelError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
+        raise SettingsError("device", f"names an unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 
