@@ -11,6 +11,7 @@ checkpoints; it never prints (progress goes through a callback).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -62,12 +63,26 @@ def _place_hint(file: RemoteFile, target: Path) -> str:
     return f"to work offline, download {file.url()} by hand and place it at {target} (or use --repo DIR)"
 
 
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
 def _cache_write_error(file: RemoteFile, folder: Path, exc: OSError) -> DownloadError:
-    """A cache folder that cannot take the file is the user's to fix (space, permissions): running
-    again would not help, so say where and how."""
+    """A cache folder that cannot take the file is the user's to fix: running again would not
+    help, so say where, why, and the fix that matches the cause."""
+    if exc.errno in _NO_PERMISSION:
+        cause = "read-only" if exc.errno == errno.EROFS else "permission denied"
+        return DownloadError(
+            f"cannot write to the model cache folder {folder} ({cause}): set ${CACHE_ENV} to a writable folder"
+        )
+    if exc.errno in _NO_SPACE:
+        return DownloadError(
+            f"cannot write {file.name} into the model cache folder {folder} ({exc.strerror or exc}); "
+            f"free some space there or set ${CACHE_ENV} to a folder with room"
+        )
     return DownloadError(
         f"cannot write {file.name} into the model cache folder {folder} ({exc.strerror or exc}); "
-        f"free some space there or set ${CACHE_ENV} to a writable folder"
+        f"set ${CACHE_ENV} to a writable folder"
     )
 
 

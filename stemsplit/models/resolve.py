@@ -29,11 +29,24 @@ def find_signature_file(folder: Path, name: str) -> Optional[Path]:
     """The file in `folder` that holds the model called `name`: `name.safetensors`, `name.th`, or
     the first `name-<hash>.th` (the official release naming); None if there is none.
 
-    `name` is taken literally, never as a pattern (`*` matches only a file named `*`).
+    `name` is taken literally, never as a pattern (`*` matches only a file named `*`). Files are
+    tested with `os.path`, here and in every look-up of a name that may come from a file: Path's
+    tests raise where a name is too long for the system, `os.path`'s answer no.
     """
     candidates = [folder / f"{name}.safetensors", folder / f"{name}.th",
                   *sorted(folder.glob(f"{glob.escape(name)}-*.th"))]
-    return next((path for path in candidates if path.is_file()), None)
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+def file_problem(path: Path) -> str:
+    """Why `path`, which is not a regular file, cannot be loaded as a checkpoint: the one wording,
+    for a path given to `load_model` and to `load_checkpoint`. Devices and fifos are refused
+    before anything opens them (reading /dev/zero never ends)."""
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a checkpoint file"
+    if os.path.exists(path):
+        return f"{path} is not a regular file (a device, fifo or socket), so it cannot be a checkpoint"
+    return f"checkpoint file {path} does not exist"
 
 
 def _assemble(entry: registry.CatalogEntry, paths: Sequence[Path]) -> "nn.Module":
@@ -49,7 +62,7 @@ def _load_from_repo(name: str, repo: Path) -> "nn.Module":
     single checkpoint named after it."""
     from stemsplit.models.checkpoint import load_checkpoint
 
-    if not repo.is_dir():
+    if not os.path.isdir(repo):
         raise ModelError(f"model repository {repo} is not a folder")
     if name in ("", ".", "..") or any(sep in name for sep in {"/", "\\", os.sep}):
         # joined to the folder, such a name would load a file outside it (or an absolute path)
@@ -57,10 +70,10 @@ def _load_from_repo(name: str, repo: Path) -> "nn.Module":
                          "(load a checkpoint file by giving its path, without --repo)")
     for suffix in (".yaml", ".yml", ".json"):
         bag = repo / f"{name}{suffix}"
-        if bag.is_file():
+        if os.path.isfile(bag):
             return load_checkpoint(bag)
     entry = registry.MODELS.get(name)
-    if entry is not None and all((repo / file.name).is_file() for file in entry.files):
+    if entry is not None and all(os.path.isfile(repo / file.name) for file in entry.files):
         paths = [repo / file.name for file in entry.files]
         for path, file in zip(paths, entry.files):
             verify_checksum(path, file.sha256)
@@ -92,17 +105,18 @@ def load_model(
         return load_checkpoint(registry.require_default_path())
     text = str(name_or_path)
     path = Path(text)
-    if path.is_file():
+    if os.path.isfile(path):
         if repo is not None:  # loading the file would silently ignore the repository
             raise ModelError(f"{path} is a checkpoint file, and --repo {repo} looks up model names: "
                              "give one or the other")
         return load_checkpoint(path)
     if repo is not None:
         return _load_from_repo(text, Path(repo))
-    if path.is_dir() and text not in registry.MODELS:  # a folder named like a model (separated/htdemucs) must not hide it
+    if os.path.isdir(path) and text not in registry.MODELS:  # a folder named like a model (separated/htdemucs) must not hide it
         raise ModelError(f"{path} is a folder; to load a model from it, give a model name with --repo {path}")
-    if text not in registry.MODELS and (os.sep in text or "/" in text or path.suffix in CHECKPOINT_SUFFIXES):
-        raise ModelError(f"checkpoint file {path} does not exist")
+    if text not in registry.MODELS and (os.path.exists(path) or os.sep in text or "/" in text
+                                        or path.suffix in CHECKPOINT_SUFFIXES):
+        raise ModelError(file_problem(path))
     entry = registry.get_entry(text)
     paths = [download_file(file, progress=progress) for file in entry.files]
     return _assemble(entry, paths)

@@ -14,22 +14,24 @@ is `models.registry`'s and `models.resolve`'s job.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 from torch import nn
 
-from stemsplit.errors import CheckpointError
+from stemsplit.errors import CheckpointError, one_line, quote
 from stemsplit.models.checkpoint.bag import BAG_SUFFIXES, assemble, load_bag, read_bag_file, resolve_member, save_bag
 from stemsplit.models.checkpoint.demucs import (
     OFFICIAL_CLASSES, QUANTIZED_HINT, ZIP_MAGIC, package_spec, read_package,
 )
-from stemsplit.models.checkpoint.limits import check_settings
+from stemsplit.models.checkpoint.limits import check_kwargs, check_settings, check_size
 from stemsplit.models.checkpoint.native import (
     FORMAT_KEY, FORMAT_VERSION, PathLike, decode_json, encode_json, read_safetensors_metadata,
     read_safetensors_tensors, safetensors_spec, save_checkpoint,
 )
+from stemsplit.models.resolve import file_problem
 from stemsplit.nn import ARCHITECTURES
 
 __all__ = [
@@ -44,18 +46,20 @@ def build_model(architecture: str, kwargs: Dict[str, Any]) -> nn.Module:
     """Instantiate one of our architectures with (already decoded) constructor kwargs.
 
     Both come from a file or a config, so any type may turn up: kwargs the layers reject (a
-    negative channel count is torch's RuntimeError) are a CheckpointError like the others.
+    negative channel count is torch's RuntimeError) are a CheckpointError like the others, and
+    every kwarg that sizes work is checked against `limits` first.
     """
     klass = ARCHITECTURES.get(architecture) if isinstance(architecture, str) else None
     if klass is None:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise CheckpointError(f"unknown architecture {architecture!r} (known: {known})")
+        raise CheckpointError(f"unknown architecture {quote(architecture)} (known: {known})")
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"cannot build {architecture}: its kwargs are a {type(kwargs).__name__}, not a mapping")
+    check_kwargs(architecture, kwargs)
     try:
         return klass(**kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot build {architecture} from the stored kwargs: {exc}") from exc
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"cannot build {architecture} from the stored kwargs: {one_line(exc)}") from exc
 
 
 def _build_for(spec: Dict[str, Any], path: Path) -> nn.Module:
@@ -84,10 +88,11 @@ def _load_state(spec: Dict[str, Any], state: Dict[str, torch.Tensor], path: Path
     for key in list(state):
         value = state.pop(key)  # each original is released as soon as it is converted
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: state entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(f"{path}: state entry {quote(key)} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.float() if value.is_floating_point() else value
     with torch.device("meta"):
         model = _build_for(spec, path)
+    check_size(model, path)  # before a real build can allocate what the kwargs ask for
     held = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
     assign = set(model.state_dict()) == held
     if not assign:
@@ -99,7 +104,7 @@ def _load_state(spec: Dict[str, Any], state: Dict[str, torch.Tensor], path: Path
         model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
+        detail = " ".join(line.strip() for line in first[:3])[:300]  # tensor names come from the file
         raise CheckpointError(f"{path}: weights do not match {type(model).__name__}: {detail}") from exc
     return model.eval()
 
@@ -130,8 +135,8 @@ def _kind(path: Path, head: bytes) -> str:
 
 def _existing(path: PathLike) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(file_problem(path))
     return path
 
 

@@ -11,29 +11,43 @@ names, or spend memory or time out of proportion to a small text file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from torch import nn
 
-from stemsplit.errors import CheckpointError, ModelError, one_line
-from stemsplit.models.checkpoint.limits import is_finite_number
+from stemsplit.documents import DocumentError, load_json, load_yaml, read_small_text
+from stemsplit.errors import CheckpointError, ModelError, one_line, quote
+from stemsplit.models.checkpoint.limits import is_finite_number, segment_problem
 from stemsplit.models.checkpoint.native import PathLike, atomic_write, save_checkpoint
 from stemsplit.models.resolve import find_signature_file
 
 BAG_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+MAX_MEMBERS = 64
+"""The released bags have 4 members; each member is a network loaded and run on every segment."""
 
 
 def read_bag_file(path: Path) -> Dict[str, Any]:
-    import yaml
+    """The checked contents of a bag file: `models` (member names), `weights` and `segment`.
 
+    Read within the bounds of `stemsplit.documents` (size, depth, no YAML aliases), and with at
+    most `MAX_MEMBERS` members: every member is a model to load and run.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        text = read_small_text(path)
+        document = load_json(text) if path.suffix == ".json" else load_yaml(text)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, DocumentError) as exc:
         raise CheckpointError(f"{path} is not a readable bag file: {one_line(exc)}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("models"), list) or not document["models"]:
         raise CheckpointError(f"{path}: a bag file needs a non-empty 'models' list")
+    members = document["models"]
+    if len(members) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: 'models' lists {len(members)} members, more than the {MAX_MEMBERS} a bag may have")
+    if not all(isinstance(member, (str, int)) and not isinstance(member, bool) and str(member) for member in members):
+        raise CheckpointError(f"{path}: 'models' must be a list of file names or signatures")
     weights = document.get("weights")
     segment = document.get("segment")
     if weights is not None and not (
@@ -41,24 +55,33 @@ def read_bag_file(path: Path) -> Dict[str, Any]:
         and all(is_finite_number(w) for row in weights for w in row)
     ):
         raise CheckpointError(f"{path}: 'weights' must be a list of lists of finite numbers")
-    if segment is not None and not (is_finite_number(segment) and segment > 0):
-        raise CheckpointError(f"{path}: 'segment' must be a positive number of seconds")
-    return {"models": [str(member) for member in document["models"]], "weights": weights, "segment": segment}
+    if segment is not None:
+        problem = segment_problem(segment)
+        if problem is not None:
+            raise CheckpointError(f"{path}: 'segment' {problem}")
+    return {"models": [str(member) for member in members], "weights": weights, "segment": segment}
 
 
 def resolve_member(folder: Path, entry: str, bag_path: Path) -> Path:
-    """Find a bag member: a file path relative to the bag, or an official signature whose file
-    (`SIG.safetensors`, `SIG.th` or `SIG-HASH.th`) lies in the same folder."""
+    """Find a bag member: a file path relative to the bag (or absolute), or an official signature
+    whose file (`SIG.safetensors`, `SIG.th` or `SIG-HASH.th`) lies in the folder it names."""
     direct = folder / entry
-    if direct.is_file():
+    if os.path.isfile(direct):
         return direct
-    found = find_signature_file(folder, entry)
+    # the signature look-up takes a plain name: split off any folders the entry names
+    found = find_signature_file(direct.parent, direct.name) if direct.name else None
     if found is not None:
         return found
+    name, where = _shown(entry, 40), _shown(str(direct.parent), 100)
     raise CheckpointError(
-        f"{bag_path} lists member {entry!r} but no file {entry}, {entry}.safetensors, {entry}.th "
-        f"or {entry}-<hash>.th exists in {folder}"
+        f"{bag_path} lists member {quote(entry, 60)} but no file {name}, {name}.safetensors, {name}.th "
+        f"or {name}-<hash>.th exists in {where}"
     )
+
+
+def _shown(text: str, limit: int) -> str:
+    """`text` as it is when short and printable, else quoted and cut: it comes from the file."""
+    return text if len(text) <= limit and text.isprintable() else quote(text, limit)
 
 
 def assemble(members: List[nn.Module], weights: Optional[List[List[float]]], segment: Optional[float]) -> nn.Module:
@@ -77,7 +100,7 @@ def load_bag(path: Path, load_member: Callable[[Path], nn.Module]) -> nn.Module:
     for entry in spec["models"]:
         member_path = resolve_member(path.parent, entry, path)
         if member_path.suffix in BAG_SUFFIXES:
-            raise CheckpointError(f"{path}: member {entry!r} is itself a bag; bags cannot be nested")
+            raise CheckpointError(f"{path}: member {quote(entry)} is itself a bag; bags cannot be nested")
         members.append(load_member(member_path))
     try:
         return assemble(members, spec["weights"], spec["segment"])

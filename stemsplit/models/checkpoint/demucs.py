@@ -22,7 +22,7 @@ from typing import Any, Dict, Sequence
 
 import torch
 
-from stemsplit.errors import CheckpointError
+from stemsplit.errors import CheckpointError, one_line, quote
 from stemsplit.nn import ARCHITECTURES
 
 ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's (zip) files begin
@@ -52,14 +52,14 @@ def official_kwargs(architecture: str, args: Sequence[Any], kwargs: Dict[str, An
     try:
         bound = signature.bind_partial(*args, **kept)
     except TypeError as exc:
-        raise CheckpointError(f"{path}: stored arguments do not fit {architecture}: {exc}") from exc
+        raise CheckpointError(f"{path}: stored arguments do not fit {architecture}: {one_line(exc)}") from exc
     return dict(bound.arguments)
 
 
 def official_architecture(klass: str, path: Path) -> str:
     architecture = OFFICIAL_CLASSES.get(klass)
     if architecture is None:
-        raise CheckpointError(f"{path}: unsupported model class {klass!r}")
+        raise CheckpointError(f"{path}: unsupported model class {quote(klass)}")
     return architecture
 
 
@@ -165,11 +165,11 @@ def read_package(path: Path, head: bytes) -> Dict[str, Any]:
         if exc.qualified_name.startswith("diffq"):
             raise CheckpointError(f"{path} {QUANTIZED_HINT}") from None
         raise CheckpointError(
-            f"{path} refers to {exc.qualified_name}, which is not allowed in a checkpoint; refusing to load it"
+            f"{path} refers to {quote(exc.qualified_name)}, which is not allowed in a checkpoint; refusing to load it"
         ) from None
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError,
             TypeError, AttributeError, ImportError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a readable Demucs checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable Demucs checkpoint: {one_line(exc)}") from exc
     if not isinstance(package, dict) or not {"klass", "state"} <= set(package):
         raise CheckpointError(f"{path} is not a Demucs model package (expected a dict with 'klass' and 'state')")
     return package

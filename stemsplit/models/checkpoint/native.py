@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from stemsplit.atomic import atomic_path
-from stemsplit.errors import CheckpointError
+from stemsplit.documents import load_json
+from stemsplit.errors import CheckpointError, one_line, quote
 from stemsplit.models.checkpoint.demucs import QUANTIZED_HINT, official_architecture, official_spec
 from stemsplit.nn import ARCHITECTURES
 
@@ -149,7 +150,7 @@ def read_safetensors_metadata(path: Path) -> Dict[str, str]:
         with safe_open(str(path), framework="pt") as file:
             return file.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable safetensors file: {one_line(exc)}") from exc
 
 
 _SAFETENSORS_DTYPES = {
@@ -180,10 +181,10 @@ def read_safetensors_tensors(path: Path) -> Dict[str, torch.Tensor]:
                 raw = tensor.view(-1).view(torch.uint8).numpy()
                 file.seek(8 + size + begin)
                 if raw.nbytes != end - begin or file.readinto(raw) != raw.nbytes:
-                    raise ValueError(f"tensor {key!r} does not fit its stored bytes")
+                    raise ValueError(f"tensor {quote(key)} does not fit its stored bytes")
                 state[key] = tensor
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable safetensors file: {one_line(exc)}") from exc
     return state
 
 
@@ -191,7 +192,7 @@ def safetensors_spec(path: Path, metadata: Dict[str, str]) -> Dict[str, Any]:
     """Metadata of a native or official-export safetensors file, decoded."""
     try:
         if FORMAT_KEY in metadata:
-            document = decode_json(json.loads(metadata[FORMAT_KEY]))
+            document = decode_json(load_json(metadata[FORMAT_KEY]))
             if not isinstance(document, dict) or not {"architecture", "kwargs"} <= set(document):
                 raise CheckpointError(f"{path}: malformed checkpoint metadata: no architecture and kwargs")
             return {"format": "stemsplit", **document}
@@ -199,10 +200,10 @@ def safetensors_spec(path: Path, metadata: Dict[str, str]) -> Dict[str, Any]:
             if "structure" in metadata:
                 raise CheckpointError(f"{path} {QUANTIZED_HINT}")
             architecture = official_architecture(metadata["klass"], path)
-            args = decode_json(json.loads(metadata.get("args", "[]")))
-            kwargs = decode_json(json.loads(metadata.get("kwargs", "{}")))
+            args = decode_json(load_json(metadata.get("args", "[]")))
+            kwargs = decode_json(load_json(metadata.get("kwargs", "{}")))
             return official_spec("demucs-safetensors", architecture, args, kwargs, None, path)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ZeroDivisionError, RecursionError) as exc:
-        # a fraction over zero; JSON nested deeper than Python's recursion limit
-        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        # JSON that is malformed or nested too deep (DocumentError is a ValueError); a fraction over zero
+        raise CheckpointError(f"{path}: malformed checkpoint metadata: {one_line(exc)}") from exc
     raise CheckpointError(f"{path} is a safetensors file without model metadata (not a stemsplit or Demucs checkpoint)")
