@@ -25,7 +25,7 @@ from testaudio import SAMPLERATE, write_track
 def write_model(path: Path) -> None:
     import torch
 
-    from stemsplit.checkpoint import save_checkpoint
+    from stemsplit.models.checkpoint import save_checkpoint
     from stemsplit.nn import HDemucs
 
     torch.manual_seed(0)

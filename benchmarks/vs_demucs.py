@@ -69,7 +69,7 @@ def build_models(work: Path, seed: int) -> tuple[Path, Path]:
     import torch
     from demucs.htdemucs import HTDemucs as ReferenceHTDemucs
 
-    from stemsplit.checkpoint import load_checkpoint, save_checkpoint
+    from stemsplit.models.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(seed)
     reference = ReferenceHTDemucs(**released_htdemucs_kwargs()).eval()
@@ -129,7 +129,7 @@ def floor_seconds(native: Path, device: str, threads: int) -> tuple[float, float
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stemsplit.checkpoint import load_checkpoint
+    from stemsplit.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     model = load_checkpoint(native).eval().to(device)
@@ -292,7 +292,7 @@ def main() -> None:
         alone_rows.append([f"{args.long:.0f} s", contender.label + " (bench model)", f"{result.wall:.1f}",
                            f"{result.wall / args.long:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
         print(f"  {args.long:>6.0f} s  {contender.label:<24} {result.wall:8.1f} s  {gib(result.rss)}", flush=True)
-    from stemsplit.catalog import default_model_path
+    from stemsplit.models.registry import default_model_path
 
     default = default_model_path()
     default_command: list[str] = []

@@ -14,12 +14,13 @@ __all__ = ["Separator", "StemsplitError", "__version__", "list_models", "load_mo
 _LAZY = {
     "Separator": "stemsplit.engine.separator",
     "separate": "stemsplit.pipeline",
-    "load_model": "stemsplit.catalog",
-    "list_models": "stemsplit.catalog",
+    "load_model": "stemsplit.models.resolve",
+    "list_models": "stemsplit.models.registry",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from stemsplit.catalog import list_models, load_model
+    from stemsplit.models.registry import list_models
+    from stemsplit.models.resolve import load_model
     from stemsplit.engine.separator import Separator
     from stemsplit.pipeline import separate
 

@@ -65,7 +65,10 @@ class TemplateError(StemsplitError):
 def quote(value: object, limit: int = 100) -> str:
     """`repr(value)` cut to about `limit` characters: how a value read from a file appears in a
     message, so that a hostile file cannot make an error line megabytes long."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit: a pickle can hold one
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

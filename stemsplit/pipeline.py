@@ -343,7 +343,7 @@ def separate(
     checkpoint path (None: the default model). Other keyword arguments go to `Separator`.
     """
     if not isinstance(model, nn.Module):
-        from stemsplit.catalog import load_model
+        from stemsplit.models.resolve import load_model
 
         model = load_model(model, repo=repo)
     separator = Separator(model, **kwargs)  # type: ignore[arg-type]

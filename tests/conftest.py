@@ -78,7 +78,7 @@ def gain_model() -> GainModel:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny 44.1 kHz model saved as a native checkpoint, for `--model-path`."""
-    from stemsplit.checkpoint import save_checkpoint
+    from stemsplit.models.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_checkpoint(tiny_demucs(), path)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from stemsplit import catalog
+from stemsplit.models import registry
 
 
 def stemsplit(*args, env=None):
@@ -19,7 +19,7 @@ def stemsplit(*args, env=None):
 
 @pytest.fixture
 def cache(tmp_path):
-    return {catalog.CACHE_ENV: str(tmp_path / "cache")}
+    return {registry.CACHE_ENV: str(tmp_path / "cache")}
 
 
 def test_models_list_json_names_every_model_and_marks_the_default(cache, tmp_path):
@@ -28,8 +28,8 @@ def test_models_list_json_names_every_model_and_marks_the_default(cache, tmp_pat
     result = stemsplit("models", "list", "--json", env=cache)
     assert result.returncode == 0, result.stderr
     infos = {info["name"]: info for info in json.loads(result.stdout)}
-    assert list(infos) == [catalog.DEFAULT_MODEL, *catalog.MODELS]
-    assert infos[catalog.DEFAULT_MODEL]["default"] and not infos["htdemucs"]["default"]
+    assert list(infos) == [registry.DEFAULT_MODEL, *registry.MODELS]
+    assert infos[registry.DEFAULT_MODEL]["default"] and not infos["htdemucs"]["default"]
     assert infos["htdemucs"]["cached"] and not infos["htdemucs_ft"]["cached"]
     assert infos["htdemucs_6s"]["sources"][-2:] == ["guitar", "piano"]
 
@@ -37,7 +37,7 @@ def test_models_list_json_names_every_model_and_marks_the_default(cache, tmp_pat
 def test_models_table_is_the_default_action(cache):
     result = stemsplit("models", env=cache)
     assert result.returncode == 0, result.stderr
-    for name in catalog.MODELS:
+    for name in registry.MODELS:
         assert name in result.stdout
     assert "(default)" in result.stdout
 
@@ -47,7 +47,7 @@ def test_models_info_shows_files_and_urls(cache):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert [f["file"] for f in info["files"]][0] == "f7e0c4bc-ba3fe64a.th"
-    assert info["files"][0]["url"].startswith(catalog.OFFICIAL_ROOT) and info["sdr"] == 9.0
+    assert info["files"][0]["url"].startswith(registry.OFFICIAL_ROOT) and info["sdr"] == 9.0
     table = stemsplit("models", "info", "hdemucs_mmi", env=cache)
     assert table.returncode == 0 and "75fc33f5-1941ce65.th" in table.stdout
 
@@ -72,7 +72,7 @@ def test_models_errors_are_one_red_line_and_an_exit_code(cache, args, code, mess
 
 def test_models_download_from_an_unreachable_server_is_exactly_one_line(cache, tmp_path):
     """On a pipe no progress bar is drawn, so none leaves a blank line in front of the error."""
-    result = stemsplit("models", "download", "htdemucs", env={**cache, catalog.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"})
+    result = stemsplit("models", "download", "htdemucs", env={**cache, registry.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"})
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot download 955717e8-8726e21a.th from http://127.0.0.1:9/")
     assert result.stderr.count("\n") == 1, result.stderr
@@ -80,7 +80,7 @@ def test_models_download_from_an_unreachable_server_is_exactly_one_line(cache, t
 
 def test_models_download_into_an_impossible_cache_folder_is_one_red_line(tmp_path):
     (tmp_path / "taken").write_text("a file where the cache folder should be")
-    env = {catalog.CACHE_ENV: str(tmp_path / "taken" / "cache"), catalog.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"}
+    env = {registry.CACHE_ENV: str(tmp_path / "taken" / "cache"), registry.REMOTE_ROOT_ENV: "http://127.0.0.1:9/"}
     result = stemsplit("models", "download", "htdemucs", env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
@@ -105,7 +105,7 @@ def test_models_download_checks_the_hash_and_cleans_up(cache, tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Bytes)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        env = {**cache, catalog.REMOTE_ROOT_ENV: f"http://127.0.0.1:{httpd.server_address[1]}/"}
+        env = {**cache, registry.REMOTE_ROOT_ENV: f"http://127.0.0.1:{httpd.server_address[1]}/"}
         result = stemsplit("models", "download", "htdemucs", env=env)
     finally:
         httpd.shutdown()

@@ -16,9 +16,10 @@ from conftest import run_cli, tone
 from safetensors.torch import save_file
 
 import stemsplit.nn as snn
-from stemsplit import checkpoint
 from stemsplit.engine import plan
 from stemsplit.errors import CheckpointError
+from stemsplit.models import checkpoint
+from stemsplit.models.checkpoint import demucs as demucs_format
 from stemsplit.nn.bag import BagOfModels
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -376,7 +377,7 @@ def test_a_refused_pickle_has_not_changed_the_objects_it_may_use(tmp_path, targe
 
 def test_a_pickle_cannot_rename_the_model_class_it_refers_to():
     with pytest.raises(AttributeError, match="may not set 'architecture'"):
-        checkpoint._allowlist_load(io.BytesIO(build_pickle("demucs.hdemucs\nHDemucs", "architecture")))
+        demucs_format._allowlist_load(io.BytesIO(build_pickle("demucs.hdemucs\nHDemucs", "architecture")))
 
 
 def test_raw_pickle_that_would_run_a_command_is_refused(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stemsplit.checkpoint import FORMAT_KEY, encode_json, load_checkpoint, save_checkpoint
+from stemsplit.models.checkpoint import FORMAT_KEY, encode_json, load_checkpoint, save_checkpoint
 from stemsplit.errors import CheckpointError
 from stemsplit.nn import HDemucs
 

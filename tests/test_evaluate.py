@@ -16,7 +16,7 @@ from conftest import read_audio
 from test_train_data import RATE, write_musdb
 
 from stemsplit import metrics
-from stemsplit.checkpoint import build_model, save_checkpoint
+from stemsplit.models.checkpoint import build_model, save_checkpoint
 from stemsplit.errors import DataError, StemsplitError
 from stemsplit.evaluate import Evaluation, evaluate
 from stemsplit.engine.separator import Separator

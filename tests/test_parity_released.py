@@ -1,7 +1,7 @@
 """Released-size parity: the official models at the hyperparameters of the released htdemucs,
 htdemucs_6s, hdemucs_mmi and an mdx_extra member, with random weights (no downloads), saved in
 the official `.th` layout and the official safetensors-export layout, loaded through
-`stemsplit.checkpoint`, must give the official forward to max |diff| <= 1e-4 in float32.
+`stemsplit.models.checkpoint`, must give the official forward to max |diff| <= 1e-4 in float32.
 
 The weights are rounded to half precision first (the released `.th` files store half-precision
 state), so both layouts hold the same values and one forward per implementation suffices.
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import stemsplit.nn as snn
-from stemsplit import checkpoint
+from stemsplit.models import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train_data import RATE, write_musdb, write_track
 
-from stemsplit.checkpoint import read_metadata
+from stemsplit.models.checkpoint import read_metadata
 from stemsplit.errors import ConfigError
 from stemsplit.train.config import make_config
 from stemsplit.train.trainer import train
@@ -106,7 +106,7 @@ def test_folder_and_synth_data_with_a_worker_give_the_same_losses_as_without(tmp
 
 
 def test_checkpoints_are_native_and_fine_tuning_can_freeze_the_encoder(tmp_path):
-    from stemsplit.checkpoint import load_checkpoint, read_metadata
+    from stemsplit.models.checkpoint import load_checkpoint, read_metadata
 
     root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
     best = train(_config(tmp_path / "a", musdb=root, steps=4))

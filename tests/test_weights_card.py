@@ -28,7 +28,7 @@ def test_card_lists_every_weight_file_with_its_size_and_sha256() -> None:
 
 
 def test_embedded_default_model_loads_with_its_card_metadata() -> None:
-    from stemsplit.checkpoint import read_metadata
+    from stemsplit.models.checkpoint import read_metadata
 
     meta = read_metadata(WEIGHTS / "default.safetensors")
     assert meta["architecture"] == "HDemucs"

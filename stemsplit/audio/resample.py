@@ -18,6 +18,22 @@ from stemsplit.errors import AudioError
 _MAX_KERNEL_COEFFS = 20_000_000
 
 
+def _reduced(old_sr: int, new_sr: int) -> tuple[int, int]:
+    gcd = math.gcd(old_sr, new_sr)
+    return old_sr // gcd, new_sr // gcd
+
+
+def _width(old: int, new: int) -> int:
+    """julius's filter half-width, in input samples, for the reduced ratio old:new."""
+    return math.ceil(24 * old / (0.945 * min(old, new)))
+
+
+def irregular_ratio(old_sr: int, new_sr: int) -> bool:
+    """Whether resampling `old_sr` to `new_sr` needs a kernel too large to build: the one rule, for
+    the resampler itself and for checking a model's rate when it is loaded."""
+    old, new = _reduced(old_sr, new_sr)
+    return old != new and new * (2 * _width(old, new) + 2 * old) > _MAX_KERNEL_COEFFS
+
 
 class StreamResampler:
     """julius resampling applied block by block, with the same output as one full-length call.
@@ -32,12 +48,11 @@ class StreamResampler:
     def __init__(self, old_sr: int, new_sr: int) -> None:
         import julius
 
-        gcd = math.gcd(old_sr, new_sr)
-        self.old, self.new = old_sr // gcd, new_sr // gcd
+        self.old, self.new = _reduced(old_sr, new_sr)
         self._resample = None
         if self.old != self.new:
-            width = math.ceil(24 * self.old / (0.945 * min(self.old, self.new)))
-            if self.new * (2 * width + 2 * self.old) > _MAX_KERNEL_COEFFS:
+            width = _width(self.old, self.new)
+            if irregular_ratio(old_sr, new_sr):
                 raise AudioError(
                     f"cannot resample {old_sr} Hz to {new_sr} Hz: the ratio of the two rates is "
                     "too irregular (convert the file to a standard rate such as 44100 Hz first)"

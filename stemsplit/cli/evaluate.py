@@ -38,7 +38,7 @@ def evaluate(
 
     import torch
 
-    from stemsplit.catalog import load_model
+    from stemsplit.models.resolve import load_model
     from stemsplit.errors import SettingsError, StemsplitError
     from stemsplit.evaluate import evaluate as run_evaluation
 

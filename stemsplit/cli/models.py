@@ -26,7 +26,7 @@ def _models_list(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stemsplit.catalog import list_models
+    from stemsplit.models.registry import list_models
 
     infos = list_models()
     if as_json:
@@ -53,24 +53,24 @@ def _models_info(name: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stemsplit import catalog
+    from stemsplit.models import registry
 
     if name == DEFAULT_MODEL:
-        path = catalog.default_model_path()
+        path = registry.default_model_path()
         info = {"name": name, "default": True, "path": None if path is None else str(path), "cached": path is not None}
         files: list = []
     else:
-        entry = catalog.get_entry(name)
+        entry = registry.get_entry(name)
         files = [
             {"file": file.name, "url": file.url(), "sha256": file.sha256, "size_bytes": file.size,
-             "cached_path": str(catalog.cached_path(file)), "cached": catalog.cached_path(file).is_file()}
+             "cached_path": str(registry.cached_path(file)), "cached": registry.cached_path(file).is_file()}
             for file in entry.files
         ]
         info = {
             "name": entry.name, "default": False, "description": entry.description, "sources": list(entry.sources),
             "size_bytes": entry.size_bytes, "sdr": entry.sdr, "segment": entry.segment,
             "weights": None if entry.weights is None else [list(row) for row in entry.weights],
-            "cached": catalog.is_cached(entry), "files": files,
+            "cached": registry.is_cached(entry), "files": files,
         }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -92,7 +92,7 @@ def _models_info(name: str, as_json: bool) -> None:
 def _models_download(name: str, as_json: bool) -> None:
     import json
 
-    from stemsplit.catalog import download_model
+    from stemsplit.models.download import download_model
 
     with _download_bars(True, transient=as_json) as report:
         paths = download_model(name, progress=report)
@@ -106,14 +106,14 @@ def _models_download(name: str, as_json: bool) -> None:
 def _models_path(name: Optional[str], as_json: bool) -> None:
     import json
 
-    from stemsplit import catalog
+    from stemsplit.models import registry
 
     if name is None:
-        paths = [str(catalog.cache_dir())]
+        paths = [str(registry.cache_dir())]
     elif name == DEFAULT_MODEL:
-        paths = [str(catalog.require_default_path())]
+        paths = [str(registry.require_default_path())]
     else:
-        paths = [str(catalog.cached_path(file)) for file in catalog.get_entry(name).files]
+        paths = [str(registry.cached_path(file)) for file in registry.get_entry(name).files]
     typer.echo(json.dumps(paths if name else paths[0]) if as_json else "\n".join(paths))
 
 

@@ -182,7 +182,7 @@ def separate(
 
     from rich.console import Console
 
-    from stemsplit.catalog import load_model
+    from stemsplit.models.resolve import load_model
     from stemsplit.engine.separator import Separator, resolve_device
     from stemsplit.pipeline import OutputOptions, output_stems
 
@@ -245,7 +245,7 @@ def _check_model_name(name: str) -> None:
     any input is read; loading words every other problem with a model."""
     import os
 
-    from stemsplit.catalog import get_entry
+    from stemsplit.models.registry import get_entry
     from stemsplit.constants import DEFAULT_MODEL
     from stemsplit.errors import ModelError
 

@@ -65,7 +65,7 @@ class BagOfModels(nn.Module):
             raise ModelError("a bag of models needs at least one model")
         first = models[0]
         for index, other in enumerate(models):
-            if isinstance(other, BagOfModels):
+            if is_bag(other):
                 raise ModelError(f"bag member {index} is itself a bag; bags cannot be nested")
             for attribute in ("sources", "samplerate", "audio_channels"):
                 if _as_list(getattr(other, attribute)) != _as_list(getattr(first, attribute)):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from stemsplit.errors import ConfigError
+from stemsplit.errors import ConfigError, one_line
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
 
@@ -214,14 +214,15 @@ def _coerce(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _yaml_loader() -> type:
-    """PyYAML's safe loader, plus YAML 1.2's floats without a dot (`1e-3`, `2E4`).
+    """The bounded safe loader of `stemsplit.documents`, plus YAML 1.2's floats without a dot
+    (`1e-3`, `2E4`).
 
     PyYAML follows YAML 1.1, where `1e-3` is a string: `lr: 1e-3` or `--kw t_lr=1e-3` would then
     reach a model or optimizer as text.
     """
-    import yaml
+    from stemsplit.documents import yaml_loader
 
-    class Loader(yaml.SafeLoader):
+    class Loader(yaml_loader()):  # type: ignore[misc, valid-type]
         pass
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -229,20 +230,17 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def _yaml_load(text: str) -> Any:
-    import yaml
-
-    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no Python objects
-
-
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML config file into a plain mapping; a missing or malformed file is a one-line ConfigError."""
-    import yaml
+    """Read a YAML config file into a plain mapping; a missing, malformed or hostile (huge,
+    deeply nested, alias-bombed) file is a one-line ConfigError."""
+    from stemsplit.documents import DocumentError, load_yaml as load, read_small_text
 
     try:
-        data = _yaml_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+        data = load(read_small_text(Path(path)), _yaml_loader())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, DocumentError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({one_line(exc)})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -276,7 +274,7 @@ def to_jsonable(cfg: TrainConfig) -> dict[str, Any]:
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
     """["channels=32", "lstm_layers=0"] -> {"channels": 32, "lstm_layers": 0}; values are YAML scalars."""
-    import yaml
+    from stemsplit.documents import DocumentError, load_yaml
 
     out: dict[str, Any] = {}
     for item in items:
@@ -284,7 +282,7 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = _yaml_load(raw)
-        except yaml.YAMLError as exc:
+            out[key.strip()] = load_yaml(raw, _yaml_loader())
+        except DocumentError as exc:
             raise ConfigError(f"{flag} {item!r}: bad value ({exc})") from exc
     return out

@@ -3,7 +3,7 @@
 Owns: building (or loading with --init) the model, checking the data before the first step, the
 optimisation loop (AdamW, schedule, clipping, EMA, bf16 autocast, DistributedDataParallel),
 periodic validation (uSDR per source on fixed excerpts), checkpoints (`last` and `best`, native
-format via stemsplit.checkpoint), the resumable state file, and the JSON-lines log.
+format via stemsplit.models.checkpoint), the resumable state file, and the JSON-lines log.
 Files in `out_dir`: last.safetensors, best.safetensors (when there is validation data),
 state.pt (resume), log.jsonl, config.json. Only rank 0 writes.
 Must not: print (progress goes to the `progress` callback as plain dicts) or parse flags.
@@ -52,13 +52,14 @@ them. Everything else (steps, lr and schedule, data, augmentation, loss, runtime
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
     """A fresh model from architecture + kwargs, or the model named by `cfg.init` to fine-tune."""
     if cfg.init is not None:
-        from stemsplit.catalog import load_model
+        from stemsplit.models.resolve import load_model
+        from stemsplit.nn.bag import is_bag
 
         model = load_model(cfg.init)
-        if hasattr(model, "models"):
+        if is_bag(model):
             raise ModelError(f"{cfg.init}: a bag of models cannot be fine-tuned; pick one of its members")
         return model
-    from stemsplit.checkpoint import build_model as build
+    from stemsplit.models.checkpoint import build_model as build
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("sources", list(cfg.sources))
@@ -278,7 +279,7 @@ def _open_run(cfg: TrainConfig, settings: dict[str, Any]) -> Optional[dict[str, 
 
 
 def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dist, device: torch.device) -> Path:
-    from stemsplit.checkpoint import save_checkpoint
+    from stemsplit.models.checkpoint import save_checkpoint
 
     settings = to_jsonable(cfg)  # recorded in config.json, every checkpoint and state
     state = _open_run(cfg, settings)
