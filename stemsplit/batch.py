@@ -5,7 +5,8 @@ files, folders and glob patterns into tracks, rendering each stem's path, refusi
 outputs would overwrite an earlier track's, skipping tracks whose outputs all exist (unless asked
 to overwrite), and one record per track (ok, skipped or failed, with its outputs, duration and time
 taken). A failing track never stops the batch: its error is recorded and the next track runs.
-Progress goes to a callback as `BatchEvent`s.
+Progress goes to a callback as `BatchEvent`s. The planning (`BatchPlan`) and the per-track
+contract (`run_track`) are shared with every other runner of a batch (`batch_ray`'s actors).
 
 It must not print, parse command-line options or choose exit codes (cli.py does), nor know how
 one track is decoded, separated or encoded (pipeline.py does).
@@ -330,6 +331,66 @@ def input_identities(tracks: Sequence[Track]) -> set[tuple[int, int]]:
     return {key for key in (_identity(t.path) for t in tracks if t.path is not None) if key is not None}
 
 
+class BatchPlan:
+    """The planning half of a batch, shared by every runner (local, or a cluster's driver).
+
+    Checks the template and stems first (TemplateError, ModelError: nothing runs), then holds
+    the settings, one record per track, each track's targets (or why it has none) and the names
+    held: a track holds its names from `claim` until `release` finds it failed, and a track whose
+    names an earlier, unfailed one holds fails as a collision. A runner that runs tracks out of
+    order keeps that outcome by claiming a track only once the earlier tracks sharing one of its
+    names (`blockers`) are finished. The arguments are `separate_batch`'s; `sources` the model's.
+    """
+
+    def __init__(self, tracks: Sequence[Track], out: Union[str, Path], sources: Sequence[str], *, model: str,
+                 template: str = DEFAULT_TEMPLATE, stems: Optional[Sequence[str]] = None,
+                 two_stems: Optional[str] = None, options: Optional[OutputOptions] = None,
+                 overwrite: bool = False) -> None:
+        check_template(template)
+        self.settings = BatchSettings(Path(out), model, output_stems(sources, stems, two_stems), template,
+                                      two_stems, options if options is not None else OutputOptions(), overwrite)
+        self.tracks = list(tracks)
+        self.records = [TrackRecord(t.input) for t in self.tracks]
+        self.inputs = input_identities(self.tracks)
+        self._plans: list[Union[dict[str, Path], StemsplitError, OSError]] = []
+        for track in self.tracks:
+            try:
+                self._plans.append(plan_targets(track, self.settings))
+            except (StemsplitError, OSError) as exc:  # reported when the track's turn comes
+                self._plans.append(exc)
+        self._held: dict[Path, str] = {}  # final path -> the input that writes (or wrote) it
+        names = [list(plan.values()) if isinstance(plan, dict) else [] for plan in self._plans]
+        users: dict[Path, list[int]] = {}
+        for index, paths in enumerate(names):
+            for path in paths:
+                users.setdefault(path, []).append(index)
+        self.blockers = [sorted({j for p in paths for j in users[p] if j < i}) for i, paths in enumerate(names)]
+
+    def claim(self, index: int, on_event: Optional[Callable[[BatchEvent], None]] = None) -> Optional[dict[str, Path]]:
+        """The targets of track `index`, now held by it; or None, the track failed (record and
+        event), when it has none or an earlier track holds them."""
+        track, targets = self.tracks[index], self._plans[index]
+        try:
+            if not isinstance(targets, dict):
+                raise targets
+            clash = [self._held[p] for p in targets.values() if p in self._held]
+            if clash:
+                raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
+                                 "(tell them apart with {track} in the name template, or rename one)")
+        except (StemsplitError, OSError) as exc:
+            fail_track(track, self.records[index], exc, time.perf_counter(), on_event)
+            return None
+        self._held.update({p: track.input for p in targets.values()})
+        return targets
+
+    def release(self, index: int) -> None:
+        """Claimed track `index` is finished; a failed one wrote nothing, so its names go back."""
+        plan = self._plans[index]
+        if self.records[index].status == "failed" and isinstance(plan, dict):
+            for path in plan.values():
+                self._held.pop(path, None)
+
+
 def separate_batch(
     tracks: Sequence[Track],
     separator: Separator,
@@ -351,27 +412,11 @@ def separate_batch(
     StemsplitError fails only its own track, and a track whose outputs collide with an earlier
     one's fails (a failed track gives its names back).
     """
-    check_template(template)
-    settings = BatchSettings(Path(out), model, output_stems(separator.sources, stems, two_stems), template,
-                             two_stems, options if options is not None else OutputOptions(), overwrite)
-    planned: dict[Path, str] = {}  # final path -> the input that will write it
-    records: list[TrackRecord] = []
-    inputs = input_identities(tracks)
-    for track in tracks:
-        record = TrackRecord(track.input)
-        records.append(record)
-        try:
-            targets = plan_targets(track, settings)
-            clash = [planned[p] for p in targets.values() if p in planned]
-            if clash:
-                raise AudioError(f"{track.input}: output files collide with those of {clash[0]} "
-                                 "(tell them apart with {track} in the name template, or rename one)")
-        except (StemsplitError, OSError) as exc:
-            fail_track(track, record, exc, time.perf_counter(), on_event)
-            continue
-        planned.update({p: track.input for p in targets.values()})
-        run_track(track, targets, separator, settings, inputs, on_event, record)
-        if record.status == "failed":  # a failed track writes nothing, so a later one may use its names
-            for path in targets.values():
-                del planned[path]
-    return records
+    plan = BatchPlan(tracks, out, separator.sources, model=model, template=template, stems=stems,
+                     two_stems=two_stems, options=options, overwrite=overwrite)
+    for index, track in enumerate(plan.tracks):
+        targets = plan.claim(index, on_event)
+        if targets is not None:
+            run_track(track, targets, separator, plan.settings, plan.inputs, on_event, plan.records[index])
+            plan.release(index)
+    return plan.records

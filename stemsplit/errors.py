@@ -32,6 +32,9 @@ class SettingsError(ModelError):
         self.param = param
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # pickled whole: a Ray worker's error reaches the driver intact
+        return type(self), (self.param, self.reason)
+
 
 class CheckpointError(ModelError):
     """A checkpoint file is malformed, unsafe, or does not match its architecture."""
@@ -60,6 +63,9 @@ class TemplateError(StemsplitError):
         super().__init__(f"output name template {template!r} {reason}")
         self.template = template
         self.reason = reason
+
+    def __reduce__(self) -> tuple:  # (see SettingsError.__reduce__)
+        return type(self), (self.template, self.reason)
 
 
 def quote(value: object, limit: int = 100) -> str:

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tone
 
-from stemsplit.batch import (BatchEvent, Track, check_template, expand_inputs, model_label, parse_shard,
+from stemsplit.batch import (BatchEvent, BatchPlan, Track, check_template, expand_inputs, model_label, parse_shard,
                              select_shard, separate_batch)
 from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE as TEMPLATE
 from stemsplit.errors import ModelError, SettingsError, TemplateError
@@ -153,6 +153,21 @@ def test_failures_are_recorded_and_do_not_stop_the_batch(tmp_path, separator):
     bad = [e.kind for e in events if e.record is records[2]]
     assert bad == ["start", "failed"]
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_plan_blockers_are_the_earlier_tracks_sharing_a_name(tmp_path):
+    """What a runner that runs tracks out of order waits for before claiming a track."""
+    tracks = [Track("a", tmp_path / "a" / "song.wav"), Track("b", tmp_path / "b.wav"),
+              Track("c", tmp_path / "c" / "song.wav"), Track("gone"), Track("d", tmp_path / "song.wav")]
+    plan = BatchPlan(tracks, tmp_path / "out", ["vocals", "drums"], model="m", template="{track}/{stem}.{ext}")
+    assert plan.blockers == [[], [], [0], [], [0, 2]]
+    events: list[BatchEvent] = []
+    assert plan.claim(3, events.append) is None and plan.records[3].status == "failed"
+    assert plan.claim(0) == {s: tmp_path / "out" / "song" / f"{s}.wav" for s in ("vocals", "drums")}
+    plan.records[0].status = "failed"
+    plan.release(0)  # a failed track gives its names back
+    assert plan.claim(2) is not None and plan.claim(4) is None
+    assert "collide with those of c" in plan.records[4].error and [e.kind for e in events] == ["failed"]
 
 
 def test_a_failed_track_does_not_hold_its_output_names(tmp_path, separator):
