@@ -203,3 +203,28 @@ def test_pool_size_defaults_to_one_actor_per_gpu_else_threaded_cpu_actors():
         with pytest.raises(SettingsError):
             pool_size({"CPU": 8}, **bad)
 
+
+
+def test_the_cli_runs_the_batch_on_the_cluster_ray_address_names(markers, songs, tiny_checkpoint, tmp_path):
+    """`stemsplit ... --ray` as `ray job submit` would run it: RAY_ADDRESS names the running
+    cluster; the files and the --json summary are those of a local CLI run."""
+    import json
+
+    from conftest import run_cli
+
+    address = ray.get_runtime_context().gcs_address
+    inputs = [str(songs / "song0.wav"), str(songs / "song1.wav"), str(songs / "broken.wav")]
+    common = ["--model-path", str(tiny_checkpoint), "-d", "cpu", "--precision", "fp32", "--json"]
+    remote = run_cli(*inputs, *common, "--ray", "--ray-cpus-per-worker", "1", "-o", "ray", cwd=tmp_path,
+                     env={"RAY_ADDRESS": address})
+    local = run_cli(*inputs, *common, "-o", "local", cwd=tmp_path)
+    assert remote.returncode == local.returncode == 1, remote.stderr
+    summary, oracle = json.loads(remote.stdout), json.loads(local.stdout)
+    assert [(t["input"], t["status"]) for t in summary["tracks"]] == [(t["input"], t["status"]) for t in oracle["tracks"]]
+    assert summary["runner"] == "ray" and summary["ok"] == 2 and summary["failed"] == 1
+    for name in ("song0", "song1"):
+        for stem in ("drums", "bass", "other", "vocals"):
+            ours = tmp_path / "ray" / "tiny" / name / f"{stem}.wav"
+            assert ours.read_bytes() == (tmp_path / "local" / "tiny" / name / f"{stem}.wav").read_bytes()
+    assert [line for line in remote.stderr.splitlines() if line.startswith("error:")] == \
+        [line for line in local.stderr.splitlines() if line.startswith("error:")]

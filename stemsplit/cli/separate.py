@@ -39,7 +39,7 @@ class _BatchDisplay:
         self.lines = fancy or plain
         self.bar: Any = None
         self.all: Any = None  # the "all tracks" bar's task
-        self.task: Any = None  # the bar of the track being separated
+        self.tasks: dict = {}  # input -> the bar of a track being separated (several run at once on Ray)
         if fancy:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                        TimeRemainingColumn)
@@ -65,12 +65,13 @@ class _BatchDisplay:
         record = event.record
         if event.kind == "start":
             if self.bar is not None:  # the bar reads its description as markup: "song [live].wav" must stay literal
-                self.task = self.bar.add_task(escape(printable(Path(record.input).name)), total=None, audio=0.0)
+                self.tasks[record.input] = self.bar.add_task(escape(printable(Path(record.input).name)), total=None,
+                                                             audio=0.0)
             return
         if event.kind == "progress":
-            if self.task is not None:
+            if record.input in self.tasks:
                 audio = (record.duration or 0.0) * event.done / event.total if event.total else 0.0
-                self.bar.update(self.task, completed=event.done, total=event.total, audio=audio)
+                self.bar.update(self.tasks[record.input], completed=event.done, total=event.total, audio=audio)
             return
         if event.kind == "failed":
             self.errors.print(f"[red]error:[/red] {escape(printable(event.message))}", highlight=False, soft_wrap=True)
@@ -86,9 +87,8 @@ class _BatchDisplay:
             if self.verbose and event.scale != 1.0:
                 self.console.print(f"  rescaled by {event.scale:.3f} to avoid clipping", highlight=False)
         if self.bar is not None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-                self.task = None
+            if record.input in self.tasks:
+                self.bar.remove_task(self.tasks.pop(record.input))
             self.bar.advance(self.all)
 
     def close(self) -> None:
@@ -141,6 +141,15 @@ def separate(
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
                                         help="Keep shard K of N (1-based) of the inputs, by a stable hash of each "
                                              "path; auto/N takes K from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run the batch on a Ray cluster (RAY_ADDRESS, else a local "
+                                 "Ray); needs `pip install \"stemsplit[ray]\"` and --out on a filesystem every node "
+                                 "shares."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="Actors (default: one per GPU, "
+                                              "else cluster CPUs / CPUs per actor)."),
+    ray_cpus: Optional[float] = typer.Option(None, "--ray-cpus-per-worker", min=0.01,
+                                             help="CPUs (torch threads) per actor (default: up to 4)."),
+    ray_gpus: Optional[float] = typer.Option(None, "--ray-gpus-per-worker", min=0.0,
+                                             help="GPUs per actor (default: 1 on GPU clusters, else 0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs already exist "
                                    "(default: skip them)."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
@@ -199,6 +208,21 @@ def separate(
     if shard_of is not None:
         tracks = select_shard(tracks, *shard_of)
     label = model_label(model_path if model_path is not None else model)
+    options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
+                            keep_samplerate=keep_samplerate)
+
+    def display() -> _BatchDisplay:  # (made when the batch starts: its live bars hold the terminal)
+        return _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
+                             plain=not console.is_terminal and not as_json and not quiet,
+                             verbose=verbose and not as_json)
+
+    if use_ray:
+        settings = dict(model=str(model_path) if model_path is not None else model, repo=repo, device=device,
+                        segment=segment, overlap=overlap, shifts=shifts, seed=seed, batch_size=batch_size,
+                        precision=precision.value, template=filename, stems=wanted, two_stems=two_stems,
+                        options=options, overwrite=overwrite, workers=ray_workers, cpus_per_worker=ray_cpus,
+                        gpus_per_worker=ray_gpus)
+        return _separate_on_ray(tracks, out, label, settings, display(), as_json)
     try:
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
                                   show=not (as_json or quiet))
@@ -216,26 +240,46 @@ def separate(
         raise _settings_failure(exc) from None
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
-    options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
-                            keep_samplerate=keep_samplerate)
     if verbose and not as_json:
         console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
                       f"{net.audio_channels} channels; device {separator.device}; segment "
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
                       f"batch size {batch_size}, precision {separator.precision}"
                       f"{' (auto)' if precision.value == 'auto' else ''}", highlight=False, markup=False)
-
-    display = _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
-                            plain=not console.is_terminal and not as_json and not quiet,
-                            verbose=verbose and not as_json)
+    shown = display()
     try:
         records = separate_batch(tracks, separator, out, model=label, template=filename, stems=wanted,
-                                 two_stems=two_stems, options=options, overwrite=overwrite, on_event=display)
+                                 two_stems=two_stems, options=options, overwrite=overwrite, on_event=shown)
     finally:
-        display.close()
+        shown.close()
     if as_json:
         _print_summary(label, out, records, settings={"device": str(separator.device),
                                                        "precision": separator.precision})
+    if any(r.status == "failed" for r in records):
+        raise typer.Exit(1)
+
+
+def _separate_on_ray(tracks: list, out: Path, label: str, settings: dict, display: Any, as_json: bool) -> None:
+    """The batch on Ray's actors (`batch_ray`): the same events, records, summary and exit codes."""
+    from stemsplit.errors import SettingsError, StemsplitError, TemplateError
+
+    try:
+        from stemsplit.batch_ray import separate_batch_ray
+
+        records = separate_batch_ray(tracks, out, on_event=display, **settings)
+    except ImportError as exc:
+        raise _fail(f"--ray needs Ray: pip install \"stemsplit[ray]\" ({exc})", 2) from None
+    except SettingsError as exc:
+        raise _settings_failure(exc) from None
+    except TemplateError as exc:
+        raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
+    except StemsplitError as exc:  # (the model could not load on any actor, a device it lacks)
+        raise _cannot_start(exc, tracks, label, out, as_json) from None
+    finally:
+        display.close()
+    if as_json:
+        _print_summary(label, out, records, settings={"device": settings["device"], "precision": settings["precision"],
+                                                      "runner": "ray"})
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
 
