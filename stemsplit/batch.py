@@ -43,6 +43,7 @@ class Track:
     error: Optional[str] = None
     relative: str = ""  # the file's path relative to the folder it was found in (its shard key)
     folder: str = ""  # the `{dir}` field: the file's folder relative to that folder ("" for a file given as is)
+    name: str = ""  # the `{track}` field when it is not the file's stem (`stdin`, or `--name`)
 
     @property
     def key(self) -> str:
@@ -131,13 +132,15 @@ def check_template(template: str) -> None:
         raise TemplateError(template, "would write outside the output folder")
 
 
-def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> list[Track]:
+def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path], *,
+                  stdin: Optional[Track] = None) -> list[Track]:
     """One Track per audio file: files as given, folders searched recursively, glob patterns.
 
     Each file appears once however many inputs name it. Folder searches skip hidden files and
     anything inside `out`, so that re-running on a folder does not separate its own stems. An
     input that names no audio file becomes a Track with an `error`, so it is reported in order
-    with the others instead of stopping the batch.
+    with the others instead of stopping the batch. An input `-` is `stdin` when given (a track
+    already spooled from standard input).
     """
     found: list[Track] = []
     seen: set[Path] = set()
@@ -154,7 +157,9 @@ def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path]) -> 
 
     for item in inputs:
         text, path = str(item), Path(item)
-        if path.is_dir():
+        if text == "-" and stdin is not None:  # (the track spooled from standard input)
+            found.append(stdin)
+        elif path.is_dir():
             files = sorted(
                 p for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
@@ -257,8 +262,9 @@ def plan_targets(track: Track, settings: BatchSettings) -> dict[str, Path]:
     """`{stem: final path}` of one track; AudioError (or TemplateError) when it names none."""
     if track.path is None:
         raise AudioError(track.error or f"{track.input}: no audio file")
-    targets = {stem: _target(settings.out, settings.template, model=settings.model, track=track.path.stem,
-                             stem=stem, ext=settings.options.fmt, dir=track.folder) for stem in settings.names}
+    track_name = track.name or track.path.stem
+    targets = {stem: _target(settings.out, settings.template, model=settings.model, track=track_name, stem=stem,
+                             ext=settings.options.fmt, dir=track.folder) for stem in settings.names}
     if len(set(targets.values())) < len(targets):
         raise TemplateError(settings.template, f"gives two stems of {track.input} the same file name")
     return targets

@@ -3,10 +3,10 @@
 Owns the way from a decoded input to stems: the input is spooled (a file, into temporary files:
 memory does not grow with its length) or taken as a tensor; the Separator streams stems at the
 model's rate; mono is turned back into mono, `no_STEM` is made for two-stem output, stems are
-resampled back to the input's rate block by block and clamped if asked; then a sink takes them:
-stem files written atomically as a group (with a second pass for `clip="rescale"`, whose loudest
-sample is only known at the end), or tensors in memory. The API's `separate()`, the CLI's batch
-(`separate_file`) and `evaluate` all run this.
+resampled back to the input's rate block by block and clamped if asked; then a sink (`sinks`)
+takes them: stem files written atomically as a group, one stem streamed to a pipe, or tensors.
+The API's `separate()`, the CLI's batch (`separate_file`), `-o -` (`separate_to_stream`) and
+`evaluate` all run this.
 It must not print or parse options (cli does), choose file names (batch does), nor know how
 segments are computed (engine does).
 """
@@ -16,20 +16,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
+from typing import IO, Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import nn
 
-from stemsplit.audio.encode import (AudioWriter, commit_together, encodable_samplerate, mp3_compression_level,
-                                    output_subtype, write_error)
+from stemsplit.audio.encode import encodable_samplerate, mp3_compression_level, output_subtype, write_error
 from stemsplit.audio.resample import StreamResampler, fit_length, resample
-from stemsplit.audio.spool import SignalFile, SpooledAudio, spool_audio
+from stemsplit.audio.spool import SpooledAudio, spool_audio
 from stemsplit import atomic
 from stemsplit.constants import CLIP_MODES
 from stemsplit.engine.plan import source_indices
 from stemsplit.engine.separator import LongSignal, Separator
 from stemsplit.errors import AudioError, ModelError, SettingsError
+from stemsplit.sinks import FileSink, StreamSink, TensorSink
 
 
 @dataclass
@@ -130,77 +130,7 @@ def _output_blocks(audio: TrackAudio, separator: Separator, wanted: list[str], t
         yield finish(tail)
 
 
-# ---- sinks ---------------------------------------------------------------------------------------
-
-
-class _FileSink:
-    """Stem files, all committed together or none; spooled first when they are rescaled at the end."""
-
-    def __init__(self, targets: dict[str, Path], options: OutputOptions, samplerate: int, channels: int,
-                 frames: int) -> None:
-        self.targets, self.options = targets, options
-        self.samplerate, self.channels, self.frames = samplerate, channels, frames
-        self.rescale = options.clip == "rescale"
-        self.peak = 0.0
-        self.scale = 1.0
-        self._opened: list = []  # every spool and writer made, so that a failure removes them all
-        self._sinks = [self._spool(path) if self.rescale else self._writer(path) for path in targets.values()]
-
-    def _writer(self, path: Path) -> AudioWriter:
-        o = self.options
-        writer = AudioWriter(path, self.samplerate, self.channels, bit_depth=o.bit_depth, fmt=o.fmt,
-                             mp3_bitrate=o.mp3_bitrate, frames=self.frames)
-        self._opened.append(writer)
-        return writer
-
-    def _spool(self, path: Path) -> SignalFile:
-        try:
-            self._opened.append(SignalFile(self.channels, folder=path.parent))
-        except OSError as exc:
-            raise write_error(path, exc) from None
-        return self._opened[-1]
-
-    def write(self, block: torch.Tensor) -> None:
-        self.peak = max(self.peak, float(block.abs().max()))
-        for sink, stem, path in zip(self._sinks, block, self.targets.values()):
-            try:
-                sink.append(stem) if self.rescale else sink.write(stem)
-            except OSError as exc:  # (a spool on a full disk; writers word their own errors)
-                raise write_error(path, exc) from None
-
-    def commit(self) -> None:
-        writers = self._sinks
-        if self.rescale:
-            self.scale = 1.0 / max(1.01 * self.peak, 1.0)
-            writers = []
-            for path, spool in zip(self.targets.values(), self._sinks):
-                writer = self._writer(path)
-                for block in spool.blocks():
-                    writer.write(block * self.scale if self.scale != 1.0 else block)
-                writer.close()
-                spool.close()
-                writers.append(writer)
-        commit_together(writers)
-
-    def abort(self) -> None:
-        for item in self._opened:
-            item.abort() if isinstance(item, AudioWriter) else item.close()
-
-
-class _TensorSink:
-    """Stems kept in memory, as one `(stems, channels, time)` tensor at the end."""
-
-    def __init__(self) -> None:
-        self.blocks: list[torch.Tensor] = []
-
-    def write(self, block: torch.Tensor) -> None:
-        self.blocks.append(block)
-
-    def result(self, stems: int, channels: int) -> torch.Tensor:
-        return torch.cat(self.blocks, -1) if self.blocks else torch.zeros(stems, channels, 0)
-
-
-def _run(audio: TrackAudio, separator: Separator, sink: Union[_FileSink, _TensorSink], wanted: list[str],
+def _run(audio: TrackAudio, separator: Separator, sink: Union[FileSink, TensorSink], wanted: list[str],
          two_stems: Optional[str], out_rate: int, channels: int, clamp: bool) -> None:
     for block in _output_blocks(audio, separator, wanted, two_stems, out_rate, channels, clamp):
         sink.write(block)
@@ -258,7 +188,7 @@ def separate_file(
                 on_start(audio.signal.shape[-1] / separator.samplerate)
             rate, channels, frames = _out_format(audio, separator, options.keep_samplerate, True, options.fmt)
             wanted = [two_stems] if two_stems is not None else list(targets)
-            sink = _FileSink(targets, options, rate, channels, frames)
+            sink = FileSink(targets, options, rate, channels, frames)
             try:
                 _run(audio, separator, sink, wanted, two_stems, rate, channels, options.clip == "clamp")
                 sink.commit()
@@ -270,6 +200,38 @@ def separate_file(
     except BaseException:
         _remove_if_empty(made)
         raise
+
+
+def separate_to_stream(path: Union[str, Path], separator: Separator, stream: IO[bytes], stem: str,
+                       options: OutputOptions, two_stems: Optional[str] = None,
+                       on_start: Optional[Callable[[float], None]] = None) -> TrackResult:
+    """Separate `path` and stream one stem (a model source, or `STEM`/`no_STEM` with
+    `two_stems=STEM`) to `stream` as WAV or FLAC, block by block; memory stays bounded.
+
+    Bytes written before a failure stay written: the caller must report the failure (the CLI
+    exits non-zero).
+    """
+    if options.fmt not in ("wav", "flac"):
+        raise SettingsError("fmt", f"{options.fmt} cannot be streamed (use wav or flac)")
+    output_subtype(options.fmt, options.bit_depth)
+    wanted = [two_stems] if two_stems is not None else [stem]
+    names = output_stems(separator.sources, None if two_stems is not None else [stem], two_stems)
+    if stem not in names:
+        raise SettingsError("stem", f"{stem!r} is not among {', '.join(names)}")
+    keep_native = two_stems is not None and options.keep_samplerate
+    with spool_audio(path, separator.samplerate, separator.audio_channels, keep_native=keep_native) as audio:
+        if on_start is not None:
+            on_start(audio.signal.shape[-1] / separator.samplerate)
+        rate, channels, frames = _out_format(audio, separator, options.keep_samplerate, True, options.fmt)
+        sink = StreamSink(stream, stem, names.index(stem), options, rate, channels, frames)
+        try:
+            _run(audio, separator, sink, wanted, two_stems, rate, channels, options.clip == "clamp")
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        return TrackResult(outputs={}, duration=audio.signal.shape[-1] / separator.samplerate, samplerate=rate,
+                           scale=sink.scale)
 
 
 @dataclass
@@ -314,7 +276,7 @@ def separate_audio(audio: TrackAudio, separator: Separator, sources: Optional[Se
     """
     wanted = output_stems(separator.sources, sources, None)
     rate, channels, _ = _out_format(audio, separator, keep_samplerate, keep_channels)
-    sink = _TensorSink()
+    sink = TensorSink()
     _run(audio, separator, sink, wanted, None, rate, channels, clamp=False)
     return sink.result(len(wanted), channels)
 

@@ -99,14 +99,18 @@ class _BatchDisplay:
 @app.command("separate")
 def separate(
     inputs: List[str] = typer.Argument(..., metavar="INPUTS...",
-                                       help="Audio files, folders (searched recursively) or glob patterns."),
+                                       help="Audio files, folders (searched recursively) or glob patterns; - reads "
+                                            "one track from stdin."),
     model: Optional[str] = typer.Option(None, "-n", "--model", help="Model name (see `stemsplit models`); "
                                         "default: the embedded model."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="Load the model from this checkpoint file.",
                                               dir_okay=False),
     repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look -n names up in "
                                         "(nothing is downloaded); not with --model-path.", file_okay=False),
-    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder; - streams ONE stem (--stems X, "
+                             "or --two-stems X --stems X|no_X) of one track to stdout as wav or flac."),
+    track_name: Optional[str] = typer.Option(None, "--name", help="Track name ({track}) of the input read from stdin "
+                                             "(default: stdin)."),
     filename: str = typer.Option(DEFAULT_TEMPLATE, "--filename", help="Output path template inside --out, with "
                                  "{model} {track} {stem} {ext}."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Write only these stems, comma separated "
@@ -165,8 +169,15 @@ def separate(
         raise _fail("--repo looks up the model named by -n/--model: give -n NAME too", 2)
     if quiet and verbose:
         raise _fail("use either -q/--quiet or -v/--verbose, not both", 2)
-    if stems is not None and two_stems is not None:
+    to_stdout = str(out) == "-"
+    if stems is not None and two_stems is not None and not to_stdout:
         raise _fail("use either --stems or --two-stems, not both", 2)
+    if to_stdout:
+        _check_stdout_use(inputs, stems, two_stems, fmt.value, as_json, use_ray)
+    if inputs.count("-") > 1:
+        raise _fail("- (stdin) can be read once", 2)
+    if track_name is not None and "-" not in inputs:
+        raise _fail("--name names the track read from stdin: give - as an input", 2)
     fmt, bit_depth, clip = fmt.value, bit_depth.value, clip.value  # type: ignore[assignment]
     _check_segments(segment, overlap)
     if mp3_bitrate not in MP3_BITRATES:
@@ -185,8 +196,8 @@ def separate(
         raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
     except SettingsError as exc:
         raise _settings_failure(exc) from None
-    wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None else None
-    if stems is not None and not wanted:
+    wanted = [s.strip() for s in stems.split(",") if s.strip()] if stems is not None and not to_stdout else None
+    if stems is not None and not to_stdout and not wanted:
         raise _fail("--stems needs at least one stem name", 2)
 
     from rich.console import Console
@@ -203,8 +214,8 @@ def separate(
         pass
     if model is not None and repo is None:
         _check_model_name(model)
-    console = Console()
-    tracks = expand_inputs(inputs, out)
+    console = Console(stderr=to_stdout)  # (with -o -, stdout carries the audio and nothing else)
+    tracks = expand_inputs(inputs, out, stdin=_stdin_track(track_name) if "-" in inputs else None)
     if shard_of is not None:
         tracks = select_shard(tracks, *shard_of)
     label = model_label(model_path if model_path is not None else model)
@@ -229,7 +240,7 @@ def separate(
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
     try:
-        output_stems(list(net.sources), wanted, two_stems)  # unknown stems are a usage error, refused early
+        output_stems(list(net.sources), [stems] if to_stdout and two_stems is None else wanted, two_stems)
     except ModelError as exc:
         raise _fail(exc, 2) from None
     try:
@@ -246,6 +257,8 @@ def separate(
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
                       f"batch size {batch_size}, precision {separator.precision}"
                       f"{' (auto)' if precision.value == 'auto' else ''}", highlight=False, markup=False)
+    if to_stdout:
+        return _separate_to_stdout(tracks[0], separator, stems or two_stems, options, two_stems)  # type: ignore[arg-type]
     shown = display()
     try:
         records = separate_batch(tracks, separator, out, model=label, template=filename, stems=wanted,
@@ -257,6 +270,63 @@ def separate(
                                                        "precision": separator.precision})
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
+
+
+def _check_stdout_use(inputs: List[str], stems: Optional[str], two_stems: Optional[str], fmt: str, as_json: bool,
+                      use_ray: bool) -> None:
+    """Usage errors of `-o -`: one track, one stem, a streamable format, stdout for audio only."""
+    if len(inputs) != 1:
+        raise _fail("-o - streams the stem of ONE track: give one input", 2)
+    if as_json or use_ray:
+        raise _fail(f"-o - writes audio to stdout, so {'--json' if as_json else '--ray'} cannot be used with it", 2)
+    if fmt not in ("wav", "flac"):
+        raise _fail(f"-o - streams wav or flac, not {fmt}", 2)
+    if stems is None or "," in stems or (two_stems is not None and stems not in (two_stems, f"no_{two_stems}")):
+        raise _fail("-o - streams one stem: give --stems X, or --two-stems X --stems X (or no_X)", 2)
+
+
+def _stdin_track(name: Optional[str]) -> Any:
+    """The input `-`: standard input spooled into a temporary file (removed at exit)."""
+    import atexit
+    import contextlib
+    import os
+    import sys
+
+    from stemsplit.audio.pipe import spool_stdin
+    from stemsplit.batch import Track
+    from stemsplit.errors import AudioError
+
+    try:
+        path = spool_stdin(sys.stdin.buffer)
+    except AudioError as exc:
+        raise _fail(exc, 1) from None
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    atexit.register(remove)
+    return Track("-", path, name=name or "stdin")
+
+
+def _separate_to_stdout(track: Any, separator: Any, stem: str, options: Any, two_stems: Optional[str]) -> None:
+    """One stem of one track, streamed to stdout; a failure after bytes went out still exits 1."""
+    import sys
+
+    from stemsplit.errors import SettingsError, StemsplitError
+    from stemsplit.pipeline import separate_to_stream
+
+    if track.path is None:
+        raise _fail(track.error, 1)
+    try:
+        separate_to_stream(track.path, separator, sys.stdout.buffer, stem, options, two_stems)
+    except SettingsError as exc:
+        raise _settings_failure(exc) from None
+    except StemsplitError as exc:
+        raise _fail(f"{track.input}: {exc}" if track.input not in str(exc) and str(track.path) not in str(exc)
+                    else exc, 1) from None
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, but not a success
+        raise SystemExit(1) from None
 
 
 def _separate_on_ray(tracks: list, out: Path, label: str, settings: dict, display: Any, as_json: bool) -> None:
