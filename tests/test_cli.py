@@ -306,10 +306,11 @@ def test_shards_of_a_folder_are_disjoint_and_cover_it(tmp_path, audio_dir, tiny_
     for index, env in enumerate([{"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1"},
                                  {"JOB_COMPLETION_INDEX": "1"}, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0"}]):
         result = run_cli("Music", "--model-path", str(tiny_checkpoint), "--shard", "auto/3", "--json",
-                         "--filename", "{dir}/{track}/{stem}.{ext}", cwd=tmp_path, env=env)
+                         "--filename", "{model}/{dir}/{track}/{stem}.{ext}", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         seen.append([track["input"] for track in json.loads(result.stdout)["tracks"]])
     flat = sorted(name for shard in seen for name in shard)
     assert flat == sorted(str(p.relative_to(tmp_path)) for p in music.rglob("*.wav"))  # complete, disjoint
     for artist in ("a", "b"):
-        assert sorted(p.name for p in (tmp_path / "separated" / artist).iterdir()) == [f"mixture{k}" for k in range(3)]
+        found = sorted(p.name for p in (tmp_path / "separated" / "tiny" / artist).iterdir())
+        assert found == [f"mixture{k}" for k in range(3)]
