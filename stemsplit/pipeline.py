@@ -148,6 +148,25 @@ def _out_format(audio: TrackAudio, separator: Separator, keep_samplerate: bool, 
 # ---- entry points --------------------------------------------------------------------------------
 
 
+def _encode(audio: TrackAudio, separator: Separator, make_sink: Callable[[int, int, int], FileSink],
+            wanted: list[str], two_stems: Optional[str], options: OutputOptions,
+            on_start: Optional[Callable[[float], None]]) -> TrackResult:
+    """Run a decoded track into an encoding sink made for its output `(rate, channels, frames)`;
+    the sink publishes everything at the end, or drops it on any failure."""
+    duration = audio.signal.shape[-1] / separator.samplerate
+    if on_start is not None:
+        on_start(duration)
+    rate, channels, frames = _out_format(audio, separator, options.keep_samplerate, True, options.fmt)
+    sink = make_sink(rate, channels, frames)
+    try:
+        _run(audio, separator, sink, wanted, two_stems, rate, channels, options.clip == "clamp")
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    return TrackResult(outputs={}, duration=duration, samplerate=rate, scale=sink.scale)
+
+
 def separate_file(
     path: Union[str, Path],
     separator: Separator,
@@ -184,19 +203,11 @@ def separate_file(
     try:
         with spool_audio(path, separator.samplerate, separator.audio_channels, folder=folder,
                          keep_native=keep_native) as audio:
-            if on_start is not None:
-                on_start(audio.signal.shape[-1] / separator.samplerate)
-            rate, channels, frames = _out_format(audio, separator, options.keep_samplerate, True, options.fmt)
             wanted = [two_stems] if two_stems is not None else list(targets)
-            sink = FileSink(targets, options, rate, channels, frames)
-            try:
-                _run(audio, separator, sink, wanted, two_stems, rate, channels, options.clip == "clamp")
-                sink.commit()
-            except BaseException:
-                sink.abort()
-                raise
-            return TrackResult(outputs=dict(targets), duration=audio.signal.shape[-1] / separator.samplerate,
-                               samplerate=rate, scale=sink.scale)
+            result = _encode(audio, separator, lambda *fmt: FileSink(targets, options, *fmt), wanted, two_stems,
+                             options, on_start)
+            result.outputs = dict(targets)
+            return result
     except BaseException:
         _remove_if_empty(made)
         raise
@@ -220,18 +231,8 @@ def separate_to_stream(path: Union[str, Path], separator: Separator, stream: IO[
         raise SettingsError("stem", f"{stem!r} is not among {', '.join(names)}")
     keep_native = two_stems is not None and options.keep_samplerate
     with spool_audio(path, separator.samplerate, separator.audio_channels, keep_native=keep_native) as audio:
-        if on_start is not None:
-            on_start(audio.signal.shape[-1] / separator.samplerate)
-        rate, channels, frames = _out_format(audio, separator, options.keep_samplerate, True, options.fmt)
-        sink = StreamSink(stream, stem, names.index(stem), options, rate, channels, frames)
-        try:
-            _run(audio, separator, sink, wanted, two_stems, rate, channels, options.clip == "clamp")
-            sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
-        return TrackResult(outputs={}, duration=audio.signal.shape[-1] / separator.samplerate, samplerate=rate,
-                           scale=sink.scale)
+        return _encode(audio, separator, lambda *fmt: StreamSink(stream, stem, names.index(stem), options, *fmt),
+                       wanted, two_stems, options, on_start)
 
 
 @dataclass
