@@ -280,7 +280,8 @@ def separate_batch_ray(
     """`batch.separate_batch` on a Ray cluster: one record per track, in order, same files.
 
     `model` and `repo` are what `stemsplit.load_model` takes; every actor loads the model itself
-    (the driver never does). The separator settings are `Separator`'s, `template` to `overwrite`
+    (the driver never does: with no `model` it only resolves the default's name, once, which may
+    download it). The separator settings are `Separator`'s, `template` to `overwrite`
     `separate_batch`'s (`options` an `OutputOptions`). `workers`, `cpus_per_worker` and
     `gpus_per_worker` size the pool (defaults: `pool_size`; never more actors than tracks).
     `address` is Ray's (`auto`, `ray://host:10001`, ...); a process already connected to Ray is
@@ -299,7 +300,11 @@ def separate_batch_ray(
                         batch_size=batch_size, precision=precision)
         # restarts are the pool's business (a fresh actor, the track retried once), not Ray's
         actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)(_Worker)
-        spec = (os.getcwd(), None if model is None else os.fspath(model), None if repo is None else os.fspath(repo))
+        if model is None:  # resolved once, here: every actor then loads the same model by name
+            from stemsplit.models.resolve import resolve_default
+
+            model = resolve_default().name
+        spec = (os.getcwd(), os.fspath(model), None if repo is None else os.fspath(repo))
         label = model_label(Path(model) if isinstance(model, os.PathLike) else model)
 
         def spawn() -> Any:

@@ -1,8 +1,8 @@
 """Torch-free constants shared by the command line and the library.
 
 Owns the names and values that several modules (and `stemsplit --help`) need: file extensions,
-output formats, MP3 rates, the default output template and its fields, clip modes, precisions and
-the embedded model's name. The CLI imports them from here so that its help needs no torch.
+output formats, MP3 rates, the default output template and its fields, clip modes, precisions,
+the embedded model's name and the preferred default's. The CLI imports them from here so that its help needs no torch.
 It must not import anything heavier than the standard library.
 """
 from __future__ import annotations
@@ -27,3 +27,4 @@ CLIP_MODES = ("rescale", "clamp", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the hardware runs it natively and it holds quality
 
 DEFAULT_MODEL = "stemsplit_default"  # the embedded model's catalog name
+PREFERRED_MODEL = "htdemucs"  # what no model name means when it is cached or can be downloaded

@@ -44,6 +44,19 @@ class DownloadError(StemsplitError):
     """A model file could not be fetched or failed its integrity check."""
 
 
+class DownloadNotStarted(DownloadError):
+    """A download that could not start: offline mode, no network, a name that does not resolve, a
+    refused connection, no answer in time, an HTTP error; not a byte of the file arrived, so the
+    cache is as it was. `cause` is the short reason (`connection refused`, `offline mode`)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+    def __reduce__(self) -> tuple:  # (see SettingsError.__reduce__)
+        return type(self), (str(self), self.cause)
+
+
 class DataError(StemsplitError):
     """A training or evaluation data set is missing files or is inconsistent."""
 

@@ -297,18 +297,20 @@ def separate(
     samplerate: Optional[int] = None,
     sources: Optional[Sequence[str]] = None,
     repo: Optional[Union[str, Path]] = None,
+    offline: Optional[bool] = None,
     **kwargs: object,
 ) -> dict[str, torch.Tensor]:
     """Separate a file or a `(channels, time)` tensor; returns `{stem: (channels, time)}`.
 
     Stems come back at the input's sample rate and channel count (mono in, mono out). A tensor is
     taken to be at `samplerate` (default: the model's). `model` is a model, a catalog name or a
-    checkpoint path (None: the default model). Other keyword arguments go to `Separator`.
+    checkpoint path (None: the default model, as `load_model` resolves it; `offline` as there).
+    Other keyword arguments go to `Separator`.
     """
     if not isinstance(model, nn.Module):
         from stemsplit.models.resolve import load_model
 
-        model = load_model(model, repo=repo)
+        model = load_model(model, repo=repo, offline=offline)
     separator = Separator(model, **kwargs)  # type: ignore[arg-type]
     names = output_stems(separator.sources, sources, None)
     with open_input(path_or_tensor, separator, samplerate) as audio:

@@ -4,11 +4,13 @@ Everything is generated on the fly into pytest's temporary folders; nothing is d
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,14 @@ import torch
 from torch import nn
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Offline for the whole session, every `stemsplit` subprocess included (they inherit os.environ):
+# a run without a model name gets the embedded model with no socket opened. Tests of downloads and
+# of the default's network attempt unset it (the `online` fixture, or their own environment).
+os.environ["STEMSPLIT_OFFLINE"] = "1"
+# and an empty model cache of its own: a user's cached htdemucs must not become the tests' default
+_CACHE = tempfile.mkdtemp(prefix="stemsplit-test-cache-")
+os.environ["STEMSPLIT_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 torch.set_num_threads(1)
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -68,6 +78,12 @@ def tiny_demucs(samplerate: int = 44100, segment: float = 1.0, seed: int = 0) ->
     torch.manual_seed(seed)
     return Demucs(sources=list(SOURCES), channels=4, depth=2, lstm_layers=0, samplerate=samplerate,
                   segment=segment).eval()
+
+
+@pytest.fixture
+def online(monkeypatch) -> None:
+    """Lift the session's offline mode (see the top of this file) for one test."""
+    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
 
 
 @pytest.fixture

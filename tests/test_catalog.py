@@ -60,7 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
+def server(tmp_path, monkeypatch, online):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests, httpd.ranges = {}, [], True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -184,7 +184,7 @@ def test_a_folder_in_the_place_of_the_cached_file_is_a_download_error(server, tm
         download.download_file(remote)
 
 
-def test_a_remote_root_that_is_not_a_url_is_a_download_error(tmp_path, monkeypatch):
+def test_a_remote_root_that_is_not_a_url_is_a_download_error(tmp_path, monkeypatch, online):
     monkeypatch.setenv(registry.REMOTE_ROOT_ENV, "mirror.invalid/demucs")
     monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
     remote = registry.RemoteFile(path="x/955717e8-8726e21a.th", sha256="8726e21a", size=None)
@@ -210,7 +210,7 @@ def test_missing_file_says_where_to_place_it(server, tmp_path):
     assert list((tmp_path / "cache").iterdir()) == [], "no empty partial file is left behind"
 
 
-def test_connection_refused_says_where_to_place_it(tmp_path, monkeypatch):
+def test_connection_refused_says_where_to_place_it(tmp_path, monkeypatch, online):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -327,14 +327,14 @@ def test_default_model_missing_and_present(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "default_model_path", lambda: None)
     with pytest.raises(ModelError, match="default.safetensors"):
         resolve.load_model()
-    info = registry.list_models()[0]
-    assert info.default and info.name == registry.DEFAULT_MODEL and not info.cached
+    info = registry.list_models()[0]  # (offline, htdemucs not cached: no default to mark)
+    assert not info.default and info.name == registry.DEFAULT_MODEL and not info.cached
     path = tmp_path / "default.safetensors"
     checkpoint.save_checkpoint(tiny(), path)
     monkeypatch.setattr(registry, "default_model_path", lambda: path)
     assert isinstance(resolve.load_model(None), snn.HTDemucs)
     info = registry.list_models()[0]
-    assert info.cached and info.size_bytes == path.stat().st_size and info.sources == SOURCES
+    assert info.cached and info.size_bytes == path.stat().st_size and info.sources == SOURCES and info.default
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):

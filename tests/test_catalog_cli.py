@@ -13,8 +13,9 @@ from stemsplit.models import registry
 
 
 def stemsplit(*args, env=None):
+    """Online (the session is offline, see conftest): these runs download from local servers."""
     return subprocess.run([sys.executable, "-m", "stemsplit", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=120)
+                          env={**os.environ, "COLUMNS": "200", "STEMSPLIT_OFFLINE": "0", **(env or {})}, timeout=120)
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ def test_models_list_json_names_every_model_and_marks_the_default(cache, tmp_pat
     assert result.returncode == 0, result.stderr
     infos = {info["name"]: info for info in json.loads(result.stdout)}
     assert list(infos) == [registry.DEFAULT_MODEL, *registry.MODELS]
-    assert infos[registry.DEFAULT_MODEL]["default"] and not infos["htdemucs"]["default"]
+    assert infos["htdemucs"]["default"] and not infos[registry.DEFAULT_MODEL]["default"], "the cached htdemucs"
+    assert infos["htdemucs"]["default_reason"] == "htdemucs is in the model cache"
     assert infos["htdemucs"]["cached"] and not infos["htdemucs_ft"]["cached"]
     assert infos["htdemucs_6s"]["sources"][-2:] == ["guitar", "piano"]
 
@@ -39,7 +41,8 @@ def test_models_table_is_the_default_action(cache):
     assert result.returncode == 0, result.stderr
     for name in registry.MODELS:
         assert name in result.stdout
-    assert "(default)" in result.stdout
+    assert "htdemucs (default, downloaded on first use)" in result.stdout
+    assert "default: htdemucs (htdemucs is not in the model cache yet: downloaded on first use" in result.stdout
 
 
 def test_models_info_shows_files_and_urls(cache):

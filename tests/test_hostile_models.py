@@ -164,7 +164,7 @@ def test_a_device_is_not_a_regular_file_rather_than_missing():
     (errno.EROFS, "(read-only): set $STEMSPLIT_CACHE to a writable folder", "free some space"),
     (errno.ENOSPC, "free some space there", "permission"),
 ])
-def test_cache_write_failures_are_worded_by_their_cause(tmp_path, monkeypatch, code, wanted, unwanted):
+def test_cache_write_failures_are_worded_by_their_cause(tmp_path, monkeypatch, online, code, wanted, unwanted):
     monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(registry.REMOTE_ROOT_ENV, "http://127.0.0.1:9/")
 

@@ -1,5 +1,6 @@
 """What every command shares: the one-line error on stderr, the usage-error wording of a library
-SettingsError, the download progress bars, and names printed safely.
+SettingsError, the download progress bars, the one line saying the default model fell back to the
+embedded one, and names printed safely.
 
 It must not import torch, hold a command, or decide a command's exit codes beyond the helpers' own
 `code` argument.
@@ -74,7 +75,25 @@ def _download_bars(show: bool, *, transient: bool) -> Iterator[Optional[Callable
         yield report
 
 
-def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool) -> Any:
-    """Load a model; a first-use download shows a transient progress bar (see `_download_bars`)."""
+def _load_with_progress(load_model: Any, name: Optional[str], repo: Optional[Path], show: bool, *,
+                        offline: Optional[bool] = None, on_default: Optional[Callable[[Any], None]] = None) -> Any:
+    """Load a model; a first-use download shows a transient progress bar (see `_download_bars`).
+    With no `name`, `on_default` receives the default's `DefaultChoice`."""
     with _download_bars(show, transient=True) as report:
-        return load_model(name, repo=repo, progress=report)
+        return load_model(name, repo=repo, progress=report, offline=offline, on_default=on_default)
+
+
+def _note_fallback(choice: Any) -> None:
+    """The one stderr line of a run whose default model fell back to the embedded one: which
+    model, why, and how to get the better one (nothing for any other choice)."""
+    if not choice.fallback:
+        return
+    import sys
+
+    from stemsplit.constants import PREFERRED_MODEL
+    from stemsplit.models import registry
+
+    files = ", ".join(file.name for file in registry.get_entry(PREFERRED_MODEL).files)
+    sys.stderr.write(printable(
+        f"note: using the small embedded model {choice.name}: {choice.reason}; for better stems run "
+        f"`stemsplit models download {PREFERRED_MODEL}`, or copy {files} into {registry.cache_dir()}") + "\n")

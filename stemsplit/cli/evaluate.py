@@ -10,12 +10,14 @@ from typing import Any, List, Optional
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _error_line, _fail, _settings_failure
+from stemsplit.cli.common import _check_segments, _error_line, _fail, _note_fallback, _settings_failure
 
 @app.command(hidden=True)
 def evaluate(
     folder: str = typer.Argument(..., help="Folder of track folders, each with mixture + one file per source."),
-    model: Optional[str] = typer.Option(None, "--model", "-n", "-m", help="Model name (default: the embedded model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-n", "-m", help="Model name (default: htdemucs if cached or "
+                                         "downloadable, else the embedded model)."),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network (also STEMSPLIT_OFFLINE=1)."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Checkpoint file to evaluate."),
     tracks: List[str] = typer.Option([], "--tracks", help="Only these track folders (repeatable or comma-separated)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write all scores to this JSON file."),
@@ -77,7 +79,8 @@ def evaluate(
 
     result_metrics = ("usdr", "si_sdr", "sdr", "isr", "sir", "sar") if bss else ("usdr", "si_sdr")
     try:
-        chosen = load_model(model_path if model_path is not None else model)
+        chosen = load_model(model_path if model_path is not None else model, offline=True if offline else None,
+                            on_default=_note_fallback)
         result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
                                 overlap=overlap, shifts=shifts, batch_size=batch_size)
     except SettingsError as exc:

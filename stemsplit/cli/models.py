@@ -37,13 +37,18 @@ def _models_list(as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for info in infos:
         table.add_row(
-            f"{info.name} [bold](default)[/bold]" if info.default else info.name,
+            (f"{info.name} [bold](default{'' if info.cached else ', downloaded on first use'})[/bold]"
+             if info.default else info.name),
             ", ".join(info.sources),
             _size_text(info.size_bytes),
             "[green]yes[/green]" if info.cached else "no",
             "-" if info.sdr is None else f"{info.sdr:.1f}",
             info.description,
         )
+    default = next((info for info in infos if info.default), None)
+    if default is not None:  # what `stemsplit song.mp3` would use right now, and why
+        table.caption = f"default: {default.name} ({default.default_reason})"
+        table.caption_justify = "left"
     Console().print(table)
 
 

@@ -12,8 +12,9 @@ from typing import Any, List, Optional
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _settings_failure, printable
-from stemsplit.constants import BIT_DEPTHS, CLIP_MODES, DEFAULT_TEMPLATE, MP3_BITRATES, OUTPUT_FORMATS, PRECISIONS
+from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _note_fallback, _settings_failure, printable
+from stemsplit.constants import (BIT_DEPTHS, CLIP_MODES, DEFAULT_MODEL, DEFAULT_TEMPLATE, MP3_BITRATES, OUTPUT_FORMATS,
+                                 PRECISIONS, PREFERRED_MODEL)
 
 
 def _choices(name: str, values: tuple) -> Any:
@@ -102,11 +103,15 @@ def separate(
                                        help="Audio files, folders (searched recursively) or glob patterns; - reads "
                                             "one track from stdin."),
     model: Optional[str] = typer.Option(None, "-n", "--model", help="Model name (see `stemsplit models`); "
-                                        "default: the embedded model."),
+                                        f"default: {PREFERRED_MODEL} (downloaded once), or the embedded "
+                                        f"{DEFAULT_MODEL} when it cannot be downloaded."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="Load the model from this checkpoint file.",
                                               dir_okay=False),
     repo: Optional[Path] = typer.Option(None, "--repo", help="Folder of model files to look -n names up in "
                                         "(nothing is downloaded); not with --model-path.", file_okay=False),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network (also STEMSPLIT_OFFLINE=1): "
+                                 "models must be cached or local; the default is then the embedded model unless "
+                                 f"{PREFERRED_MODEL} is cached."),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder; - streams ONE stem (--stems X, "
                              "or --two-stems X --stems X|no_X) of one track to stdout as wav or flac."),
     track_name: Optional[str] = typer.Option(None, "--name", help="Track name ({track}) of the input read from stdin "
@@ -218,7 +223,9 @@ def separate(
     tracks = expand_inputs(inputs, out, stdin=_stdin_track(track_name) if "-" in inputs else None)
     if shard_of is not None:
         tracks = select_shard(tracks, *shard_of)
-    label = model_label(model_path if model_path is not None else model)
+    default = model is None and model_path is None
+    label = PREFERRED_MODEL if default else model_label(model_path if model_path is not None else model)
+    chosen: list = []  # the default's DefaultChoice, once resolved
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
                             keep_samplerate=keep_samplerate)
 
@@ -233,12 +240,21 @@ def separate(
                         precision=precision.value, template=filename, stems=wanted, two_stems=two_stems,
                         options=options, overwrite=overwrite, workers=ray_workers, cpus_per_worker=ray_cpus,
                         gpus_per_worker=ray_gpus)
+        if offline:  # (the driver resolves the default model; the environment says offline to it)
+            import os
+
+            os.environ["STEMSPLIT_OFFLINE"] = "1"
         return _separate_on_ray(tracks, out, label, settings, display(), as_json)
     try:
         net = _load_with_progress(load_model, str(model_path) if model_path is not None else model, repo,
-                                  show=not (as_json or quiet))
+                                  show=not (as_json or quiet), offline=True if offline else None,
+                                  on_default=chosen.append)
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
+    if chosen:
+        label = chosen[0].name
+        if not quiet:
+            _note_fallback(chosen[0])
     try:
         output_stems(list(net.sources), [stems] if to_stdout and two_stems is None else wanted, two_stems)
     except ModelError as exc:
@@ -252,6 +268,8 @@ def separate(
     except StemsplitError as exc:
         raise _cannot_start(exc, tracks, label, out, as_json) from None
     if verbose and not as_json:
+        if chosen:
+            console.print(f"default model {label}: {chosen[0].reason}", highlight=False, markup=False)
         console.print(f"model {label}: sources {', '.join(net.sources)}, {net.samplerate} Hz, "
                       f"{net.audio_channels} channels; device {separator.device}; segment "
                       f"{segment or float(getattr(net, 'segment', 0)):.2f} s, overlap {overlap}, shifts {shifts}, "
@@ -360,7 +378,6 @@ def _check_model_name(name: str) -> None:
     import os
 
     from stemsplit.models.registry import get_entry
-    from stemsplit.constants import DEFAULT_MODEL
     from stemsplit.errors import ModelError
 
     if name == DEFAULT_MODEL or os.path.exists(name) or "/" in name or os.sep in name or "." in name:

@@ -2,8 +2,10 @@
 
 Owns `download_file` (one `RemoteFile` into the cache: `<name>.part` under an exclusive lock,
 HTTP Range resume, sha256 check, atomic rename into place), `download_model` (every file of a
-named model), checksums (`file_sha256`, `verify_checksum`) and the wording of network and
-cache-folder failures.
+named model), checksums (`file_sha256`, `verify_checksum`), the wording of network and
+cache-folder failures, offline mode (`$STEMSPLIT_OFFLINE`, `offline=`: no socket is opened), the
+connect timeout (`$STEMSPLIT_CONNECT_TIMEOUT`) and the line between a download that could not
+start (`DownloadNotStarted`: nothing of the file arrived) and one that failed part-way.
 
 It must not import torch, decide what a name means (that is `models.registry`) or read
 checkpoints; it never prints (progress goes through a callback).
@@ -19,11 +21,11 @@ import urllib.error
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from stemsplit.atomic import commit, discard, temp_path_for
 from stemsplit.constants import DEFAULT_MODEL
-from stemsplit.errors import DownloadError
+from stemsplit.errors import DownloadError, DownloadNotStarted
 from stemsplit.models.registry import CACHE_ENV, REMOTE_ROOT_ENV, RemoteFile, cached_path, get_entry, require_default_path
 
 try:
@@ -35,6 +37,34 @@ except ImportError:  # Windows: no advisory file locks (see _download_place)
 DownloadProgress = Callable[[str, int, Optional[int]], None]
 
 _CHUNK = 1 << 20
+
+OFFLINE_ENV = "STEMSPLIT_OFFLINE"
+CONNECT_TIMEOUT_ENV = "STEMSPLIT_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT = 3.0
+"""Seconds to wait for a connection and the response's headers where a fallback exists (the
+default model): an offline machine whose packets vanish must not hang the run."""
+READ_TIMEOUT = 30.0
+"""Seconds a started download may stall between two reads of its body."""
+
+
+def offline_mode(offline: Optional[bool] = None) -> bool:
+    """`offline` when given, else whether `$STEMSPLIT_OFFLINE` is set to a true value (1, true, yes, on)."""
+    if offline is not None:
+        return offline
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def connect_timeout() -> float:
+    """`$STEMSPLIT_CONNECT_TIMEOUT` seconds (a positive number), else `CONNECT_TIMEOUT`."""
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else CONNECT_TIMEOUT
+    except ValueError:
+        raise DownloadError(f"${CONNECT_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise DownloadError(f"${CONNECT_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -86,7 +116,41 @@ def _cache_write_error(file: RemoteFile, folder: Path, exc: OSError) -> Download
     )
 
 
-def _open(file: RemoteFile, offset: int, timeout: float, target: Path):  # type: ignore[no-untyped-def]
+class _BodyTimeout:
+    """A handler mixin: the request's own timeout bounds the connection and the wait for the
+    response's headers; then the socket waits up to `body` seconds for each read of the body."""
+
+    body = READ_TIMEOUT
+
+    def do_open(self, http_class, req, **kwargs):  # type: ignore[no-untyped-def]
+        body = self.body
+
+        class Connection(http_class):  # type: ignore[misc, valid-type]
+            def getresponse(self, *args, **kw):  # type: ignore[no-untyped-def]
+                response = super().getresponse(*args, **kw)
+                if self.sock is not None:
+                    self.sock.settimeout(body)
+                return response
+
+        return super().do_open(Connection, req, **kwargs)  # type: ignore[misc]
+
+
+class _Http(_BodyTimeout, urllib.request.HTTPHandler):
+    pass
+
+
+class _Https(_BodyTimeout, urllib.request.HTTPSHandler):
+    pass
+
+
+def _open(file: RemoteFile, offset: int, timeouts: Tuple[float, float], target: Path):  # type: ignore[no-untyped-def]
+    """The response for `file` from `offset`, None when the partial file already holds it all.
+
+    `timeouts` are (connect, read): the first bounds the connection and the wait for the headers,
+    the second each read of the body. Failing before the headers (no network, a
+    name that does not resolve, a refused connection, a timeout, an HTTP error) is
+    `DownloadNotStarted`: not a byte of the file arrived.
+    """
     from stemsplit import __version__
 
     headers = {"User-Agent": f"stemsplit/{__version__}"}
@@ -94,17 +158,23 @@ def _open(file: RemoteFile, offset: int, timeout: float, target: Path):  # type:
         headers["Range"] = f"bytes={offset}-"
     try:
         request = urllib.request.Request(file.url(), headers=headers)
-        return urllib.request.urlopen(request, timeout=timeout)
+        handlers = [_Http(), _Https()]
+        for handler in handlers:
+            handler.body = timeouts[1]
+        return urllib.request.build_opener(*handlers).open(request, timeout=timeouts[0])
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             return None  # the partial file already holds every byte: just verify it
-        raise DownloadError(
-            f"cannot download {file.name} from {file.url()}: HTTP {exc.code} {exc.reason}; {_place_hint(file, target)}"
+        raise DownloadNotStarted(
+            f"cannot download {file.name} from {file.url()}: HTTP {exc.code} {exc.reason}; {_place_hint(file, target)}",
+            cause=f"HTTP {exc.code} {exc.reason}",
         ) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(
-            f"cannot download {file.name} from {file.url()}: {reason}; {_place_hint(file, target)}"
+        if isinstance(reason, TimeoutError) or str(reason) == "timed out":
+            reason = f"no answer within {timeouts[0]:g} s"
+        raise DownloadNotStarted(
+            f"cannot download {file.name} from {file.url()}: {reason}; {_place_hint(file, target)}", cause=str(reason)
         ) from None
     except ValueError as exc:  # not a URL at all: a malformed $STEMSPLIT_REMOTE_ROOT
         raise DownloadError(f"cannot download {file.name}: {exc} (check ${REMOTE_ROOT_ENV})") from None
@@ -193,15 +263,15 @@ def _body(response, name: str, done: int) -> Iterator[bytes]:  # type: ignore[no
         yield block
 
 
-def _fetch(file: RemoteFile, place: Path, target: Path, progress: Optional[DownloadProgress], timeout: float,
-           *, fresh: bool) -> bool:
+def _fetch(file: RemoteFile, place: Path, target: Path, progress: Optional[DownloadProgress],
+           timeouts: Tuple[float, float], *, fresh: bool) -> bool:
     """Write `file`'s bytes into `place`, after the bytes already there unless `fresh`.
 
     Returns True when earlier bytes were kept: they are unverified, so a checksum mismatch may
     be theirs rather than the server's.
     """
     offset = 0 if fresh else place.stat().st_size
-    response = _open(file, offset, timeout, target)
+    response = _open(file, offset, timeouts, target)
     if response is None:
         return True
     with response:
@@ -225,8 +295,14 @@ def _fetch(file: RemoteFile, place: Path, target: Path, progress: Optional[Downl
     return offset > 0
 
 
-def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = None, timeout: float = 30.0) -> Path:
+def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = None, timeout: float = READ_TIMEOUT,
+                  connect_timeout: Optional[float] = None, offline: Optional[bool] = None) -> Path:
     """Make sure `file` is in the cache and return its path.
+
+    `timeout` bounds each network wait, `connect_timeout` (default: `timeout`) the connection and
+    the response's headers. Offline (`offline`, default `$STEMSPLIT_OFFLINE`) a file that is not
+    cached is a `DownloadNotStarted` and no socket is opened. So is any failure before the first
+    byte of the file arrived; a failure after it is a `DownloadError`, the bytes kept for a resume.
 
     Bytes go to `<name>.part` first; an interrupted download resumes from there (HTTP Range).
     The complete file must match its sha256 and is then renamed into place. Resumed bytes that
@@ -237,6 +313,11 @@ def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = No
     target = cached_path(file)
     if target.is_file():
         return target
+    if offline_mode(offline):
+        raise DownloadNotStarted(
+            f"{file.name} is not in the model cache {target.parent} and offline mode allows no download "
+            f"(offline=True or ${OFFLINE_ENV}); place the file there, or load a local file", cause="offline mode")
+    timeouts = (timeout if connect_timeout is None else connect_timeout, timeout)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a cache folder that cannot be created is the user's to fix: say which and how
@@ -248,10 +329,10 @@ def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = No
         if target.is_file():  # another process placed it since the check above
             place.unlink(missing_ok=True)
             return target
-        resumed = _fetch(file, place, target, progress, timeout, fresh=False)
+        resumed = _fetch(file, place, target, progress, timeouts, fresh=False)
         problem = _checksum_problem(place, file.sha256)
         if problem is not None and resumed:
-            _fetch(file, place, target, progress, timeout, fresh=True)
+            _fetch(file, place, target, progress, timeouts, fresh=True)
             problem = _checksum_problem(place, file.sha256)
         if problem is not None:
             place.unlink()
@@ -263,8 +344,9 @@ def download_file(file: RemoteFile, *, progress: Optional[DownloadProgress] = No
     return target
 
 
-def download_model(name: str, *, progress: Optional[DownloadProgress] = None) -> List[Path]:
+def download_model(name: str, *, progress: Optional[DownloadProgress] = None,
+                   offline: Optional[bool] = None) -> List[Path]:
     """Fetch every file of a named model into the cache (no-op for files already there)."""
     if name == DEFAULT_MODEL:
         return [require_default_path()]
-    return [download_file(file, progress=progress) for file in get_entry(name).files]
+    return [download_file(file, progress=progress, offline=offline) for file in get_entry(name).files]

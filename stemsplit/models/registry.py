@@ -5,7 +5,8 @@ sha256 prefix embedded in the file name, approximate size), the bag layout (per-
 segment), the sources and the published SDR; the cache folder (`$STEMSPLIT_CACHE`, else the
 platform user cache / stemsplit) and where each file sits in it; the download root
 (`$STEMSPLIT_REMOTE_ROOT` replaces the official one: mirrors, tests); the embedded default model's
-location; and `list_models`.
+location; and `list_models` (which marks what the default resolves to right now, as
+`models.resolve.resolve_default` decides without the network).
 
 It must not import torch, touch the network (that is `models.download`) or parse checkpoint bytes
 (that is `models.checkpoint`, asked lazily for the default model's sources); it never prints.
@@ -76,9 +77,10 @@ class ModelInfo:
     sources: List[str]
     size_bytes: Optional[int]
     cached: bool
-    default: bool
+    default: bool  # what no model name resolves to right now
     description: str
     sdr: Optional[float]
+    default_reason: Optional[str] = None  # why, on the default's entry
 
 
 def _official(path: str, size: Optional[int]) -> RemoteFile:
@@ -237,14 +239,20 @@ def _default_info() -> ModelInfo:
         sources=sources,
         size_bytes=path.stat().st_size if path is not None else None,
         cached=path is not None,
-        default=True,
+        default=False,
         description=description,
         sdr=None,
     )
 
 
-def list_models() -> List[ModelInfo]:
-    """Every loadable named model: the embedded default first, then the official releases."""
+def list_models(offline: Optional[bool] = None) -> List[ModelInfo]:
+    """Every loadable named model: the embedded one first, then the official releases.
+
+    The one no model name resolves to right now is marked `default`, with `default_reason`
+    (offline as in `load_model`); nothing touches the network.
+    """
+    from stemsplit.models.resolve import resolve_default
+
     infos = [_default_info()]
     for entry in MODELS.values():
         infos.append(ModelInfo(
@@ -256,4 +264,11 @@ def list_models() -> List[ModelInfo]:
             description=entry.description,
             sdr=entry.sdr,
         ))
+    try:
+        choice = resolve_default(offline, fetch=False)
+    except ModelError:  # offline, htdemucs not cached and no embedded model: nothing to mark
+        return infos
+    for info in infos:
+        if info.name == choice.name:
+            info.default, info.default_reason = True, choice.reason
     return infos

@@ -1,23 +1,28 @@
 """From what a caller names (a catalog name, a file path, a name in a local folder) to a model.
 
-Owns `load_model`, the offline look-up in a model folder (`repo`), and `find_signature_file`,
-the one rule for which file in a folder holds the model called NAME (NAME.safetensors, NAME.th,
-NAME-<hash>.th): bag members are found with it too.
+Owns `load_model`, the offline look-up in a model folder (`repo`), `find_signature_file`, the one
+rule for which file in a folder holds the model called NAME (NAME.safetensors, NAME.th,
+NAME-<hash>.th): bag members are found with it too; and `resolve_default`, the one policy for
+what no model name means (htdemucs if cached, else downloaded now, else, when that download
+cannot start, the embedded model, with the reason).
 
 It must not import torch at module level (the command line imports it at startup); parsing
-checkpoint bytes is `models.checkpoint`'s job, fetching files `models.download`'s. It never prints.
+checkpoint bytes is `models.checkpoint`'s job, fetching files `models.download`'s. It never prints:
+the reason for the default's choice is returned, for the caller to show.
 """
 from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
 
-from stemsplit.constants import DEFAULT_MODEL
-from stemsplit.errors import ModelError
+from stemsplit.constants import DEFAULT_MODEL, PREFERRED_MODEL
+from stemsplit.errors import DownloadNotStarted, ModelError
 from stemsplit.models import registry
-from stemsplit.models.download import DownloadProgress, download_file, verify_checksum
+from stemsplit.models.download import (DownloadProgress, connect_timeout, download_file, offline_mode,
+                                       verify_checksum)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -87,21 +92,79 @@ def _load_from_repo(name: str, repo: Path) -> "nn.Module":
     )
 
 
+@dataclass(frozen=True)
+class DefaultChoice:
+    """What the default model (no name given) resolves to, and why.
+
+    `name` is `PREFERRED_MODEL` or, when `fallback`, the embedded `DEFAULT_MODEL`; `paths` are
+    its files (empty for a `PREFERRED_MODEL` not fetched yet, see `resolve_default(fetch=False)`);
+    `reason` says why, in one clause (`htdemucs is in the model cache`).
+    """
+
+    name: str
+    paths: Tuple[Path, ...]
+    reason: str
+    fallback: bool
+
+
+def resolve_default(offline: Optional[bool] = None, progress: Optional[DownloadProgress] = None, *,
+                    fetch: bool = True) -> DefaultChoice:
+    """The default model, resolved once: `PREFERRED_MODEL` if it is in the cache; else, unless
+    offline (`offline`, default `$STEMSPLIT_OFFLINE`), downloaded now (`progress` as for
+    `load_model`, connections bounded by `download.connect_timeout()`); else, when that download
+    cannot start, the embedded model. A download that fails part-way raises its DownloadError.
+
+    With `fetch=False` nothing touches the network: an uncached `PREFERRED_MODEL` is reported as
+    what the next resolution will try to download (`paths` empty).
+    """
+    entry = registry.get_entry(PREFERRED_MODEL)
+    if registry.is_cached(entry):
+        return DefaultChoice(entry.name, tuple(map(registry.cached_path, entry.files)),
+                             f"{entry.name} is in the model cache", False)
+    if offline_mode(offline):
+        why = f"offline mode is on and {entry.name} is not in the model cache"
+    elif not fetch:
+        size = f", about {entry.size_bytes / 1e6:.0f} MB" if entry.size_bytes else ""
+        return DefaultChoice(entry.name, (), f"{entry.name} is not in the model cache yet: downloaded on first "
+                             f"use (once{size})", False)
+    else:
+        try:
+            paths = tuple(download_file(file, progress=progress, connect_timeout=connect_timeout(), offline=False)
+                          for file in entry.files)
+            return DefaultChoice(entry.name, paths, f"{entry.name} was downloaded into the model cache", False)
+        except DownloadNotStarted as exc:
+            if registry.default_model_path() is None:
+                raise
+            why = f"{entry.name} could not be downloaded ({exc.cause})"
+    return DefaultChoice(DEFAULT_MODEL, (registry.require_default_path(),), why, True)
+
+
 def load_model(
     name_or_path: Union[str, "os.PathLike[str]", None] = None,
     *,
     repo: Union[str, "os.PathLike[str]", None] = None,
     progress: Optional[DownloadProgress] = None,
+    offline: Optional[bool] = None,
+    on_default: Optional[Callable[[DefaultChoice], None]] = None,
 ) -> "nn.Module":
     """Load a model by name (downloading it on first use), from a file path, or from `repo`.
 
-    None means the embedded default model. A path to an existing file loads that file; with
-    `repo`, names are looked up in that folder and nothing is downloaded (a file path and a
-    `repo` together are refused).
+    None means the default model, as `resolve_default` decides (`on_default` receives its
+    choice: the name and why); `"stemsplit_default"` the embedded model, with no network. A path
+    to an existing file loads that file; with `repo`, names are looked up in that folder and
+    nothing is downloaded (a file path and a `repo` together are refused). `offline` (default
+    `$STEMSPLIT_OFFLINE`) forbids any download: a named model must then be cached.
     """
     from stemsplit.models.checkpoint import load_checkpoint
 
-    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+    if name_or_path is None:
+        choice = resolve_default(offline, progress)
+        if on_default is not None:
+            on_default(choice)
+        if choice.name == DEFAULT_MODEL:
+            return load_checkpoint(choice.paths[0])
+        return _assemble(registry.get_entry(choice.name), choice.paths)
+    if str(name_or_path) == DEFAULT_MODEL:
         return load_checkpoint(registry.require_default_path())
     text = str(name_or_path)
     path = Path(text)
@@ -118,5 +181,5 @@ def load_model(
                                         or path.suffix in CHECKPOINT_SUFFIXES):
         raise ModelError(file_problem(path))
     entry = registry.get_entry(text)
-    paths = [download_file(file, progress=progress) for file in entry.files]
+    paths = [download_file(file, progress=progress, offline=offline) for file in entry.files]
     return _assemble(entry, paths)
