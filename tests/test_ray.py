@@ -29,9 +29,9 @@ def die_on_marked_tracks() -> None:
     """Ray worker setup hook: kill the worker when it is about to place the stems of a track called
     die_always*, or die_once* the first time (a marker file remembers), with every stem already
     written to its temporary file: the worst moment, as much as possible is on disk."""
-    from stemsplit import pipeline
+    from stemsplit import sinks
 
-    commit_together = pipeline.commit_together
+    commit_together = sinks.commit_together
 
     def commit_or_die(writers):  # type: ignore[no-untyped-def]
         track = writers[0].path.parent.name  # the default template: <model>/<track>/<stem>.wav
@@ -41,7 +41,7 @@ def die_on_marked_tracks() -> None:
             os._exit(1)
         commit_together(writers)
 
-    pipeline.commit_together = commit_or_die
+    sinks.commit_together = commit_or_die
 
 
 @pytest.fixture(scope="module")
