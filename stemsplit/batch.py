@@ -8,22 +8,21 @@ taken). A failing track never stops the batch: its error is recorded and the nex
 Progress goes to a callback as `BatchEvent`s. The planning (`BatchPlan`) and the per-track
 contract (`run_track`) are shared with every other runner of a batch (`batch_ray`'s actors).
 
-It must not print, parse command-line options or choose exit codes (cli.py does), nor know how
+It must not print, parse command-line options or choose exit codes (the cli package does), nor know how
 one track is decoded, separated or encoded (pipeline.py does).
 """
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 from stemsplit.constants import AUDIO_EXTENSIONS, DEFAULT_MODEL, DEFAULT_TEMPLATE, TEMPLATE_FIELDS
-from stemsplit.errors import AudioError, SettingsError, StemsplitError, TemplateError
+from stemsplit.errors import AudioError, StemsplitError, TemplateError
 from stemsplit.engine.separator import Separator
 from stemsplit.pipeline import OutputOptions, output_stems, separate_file
 
@@ -180,45 +179,6 @@ def expand_inputs(inputs: Sequence[Union[str, Path]], out: Union[str, Path], *,
         else:
             found.append(Track(text, error=f"{text}: no such file or folder"))
     return found
-
-
-def select_shard(tracks: Sequence[Track], index: int, count: int) -> list[Track]:
-    """The tracks of shard `index` (1-based) of `count`: disjoint shards that cover every track.
-
-    A track's shard is a hash of its path relative to the folder it was found in, so adding
-    files to a catalogue never moves the others between shards, and every machine agrees.
-    """
-    if not 1 <= index <= count:
-        raise SettingsError("shard", f"{index}/{count} is not a shard: the index runs from 1 to the count")
-    return [t for t in tracks
-            if int.from_bytes(hashlib.sha256(t.key.encode("utf-8", "surrogateescape")).digest()[:8], "big")
-            % count == index - 1]
-
-
-def parse_shard(text: str, environ: Optional[Mapping[str, str]] = None) -> tuple[int, int]:
-    """`K/N` (1-based) or `auto/N` -> (K, N). `auto` takes the index of a job array task:
-    Slurm's SLURM_ARRAY_TASK_ID counted from SLURM_ARRAY_TASK_MIN (so `--array=0-3` and
-    `--array=1-4` both work), or Kubernetes' JOB_COMPLETION_INDEX, which counts from 0."""
-    environ = os.environ if environ is None else environ
-    index_text, sep, count_text = text.partition("/")
-    try:
-        count = int(count_text)
-        if index_text.strip().lower() == "auto":
-            if environ.get("SLURM_ARRAY_TASK_ID"):
-                index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN") or 0) + 1
-            elif environ.get("JOB_COMPLETION_INDEX"):
-                index = int(environ["JOB_COMPLETION_INDEX"]) + 1
-            else:
-                raise SettingsError("shard", f"{text} needs SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX in the "
-                                             "environment (a job array task); give K/N elsewhere")
-        else:
-            index = int(index_text)
-    except ValueError:
-        raise SettingsError("shard", f"{text!r} is not K/N or auto/N (whole numbers, K from 1 to N)") from None
-    if not sep or count < 1 or not 1 <= index <= count:
-        raise SettingsError("shard", f"{text!r} is not K/N or auto/N with K from 1 to N "
-                                     f"(got index {index} of {count})")
-    return index, count
 
 
 def _target(out: Path, template: str, **fields: str) -> Path:

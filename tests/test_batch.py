@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 from conftest import GainModel, gain_expected, tone
 
-from stemsplit.batch import (BatchEvent, BatchPlan, Track, check_template, expand_inputs, model_label, parse_shard,
-                             select_shard, separate_batch)
+from stemsplit.batch import BatchEvent, BatchPlan, Track, check_template, expand_inputs, model_label, separate_batch
+from stemsplit.shard import parse_shard, select_shard
 from stemsplit.constants import DEFAULT_MODEL, DEFAULT_TEMPLATE as TEMPLATE
 from stemsplit.errors import ModelError, SettingsError, TemplateError
 from stemsplit.pipeline import OutputOptions

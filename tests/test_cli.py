@@ -219,9 +219,9 @@ def test_progress_bar_shows_bracketed_file_names_literally():
     from rich.console import Console
 
     from stemsplit.batch import BatchEvent, TrackRecord
-    from stemsplit.cli.separate import _BatchDisplay
+    from stemsplit.cli.display import BatchDisplay
 
-    display = _BatchDisplay(Console(file=io.StringIO(), force_terminal=True), 1, fancy=True, plain=False,
+    display = BatchDisplay(Console(file=io.StringIO(), force_terminal=True), 1, fancy=True, plain=False,
                             verbose=False)
     try:
         display(BatchEvent("start", TrackRecord("album/song [live] [bold].wav")))

@@ -251,7 +251,7 @@ def test_checkpoint_and_validation_intervals_must_be_positive():
 def test_transformer_trains_at_its_own_rate_and_decay_in_proportion_to_the_schedule():
     """HTDemucs's t_lr / t_weight_decay (the reference's make_optim_group) reach the optimizer."""
     import stemsplit.nn as snn
-    from stemsplit.train.trainer import param_groups
+    from stemsplit.train.model import param_groups
 
     model = snn.HTDemucs(sources=["a", "b"], channels=8, depth=2, nfft=256, t_layers=1, segment=1,
                          t_lr=1e-3, t_weight_decay=0.05)

@@ -12,7 +12,8 @@ from typing import Any, List, Optional
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _note_fallback, _settings_failure, printable
+from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _note_fallback, _settings_failure
+from stemsplit.cli.display import BatchDisplay, cannot_start, print_summary
 from stemsplit.constants import (BIT_DEPTHS, CLIP_MODES, DEFAULT_MODEL, DEFAULT_TEMPLATE, MP3_BITRATES, OUTPUT_FORMATS,
                                  PRECISIONS, PREFERRED_MODEL)
 
@@ -26,75 +27,6 @@ _Format = _choices("Format", OUTPUT_FORMATS)
 _BitDepth = _choices("BitDepth", BIT_DEPTHS)
 _Precision = _choices("Precision", PRECISIONS)
 _Clip = _choices("Clip", CLIP_MODES)
-
-
-class _BatchDisplay:
-    """Renders batch events: live bars on a terminal (`fancy`), one line per track on a pipe
-    (`plain`), and every failure as a red line on stderr whatever the mode (even --json, -q)."""
-
-    def __init__(self, console: Any, tracks: int, *, fancy: bool, plain: bool, verbose: bool) -> None:
-        from rich.console import Console
-
-        self.console, self.errors = console, Console(stderr=True)
-        self.plain, self.verbose = plain, verbose
-        self.lines = fancy or plain
-        self.bar: Any = None
-        self.all: Any = None  # the "all tracks" bar's task
-        self.tasks: dict = {}  # input -> the bar of a track being separated (several run at once on Ray)
-        if fancy:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                       TimeRemainingColumn)
-            from rich.text import Text
-
-            class _Speed(ProgressColumn):
-                """Seconds of audio separated per second of wall time."""
-
-                def render(self, task):  # type: ignore[no-untyped-def]
-                    audio = task.fields.get("audio", 0.0)
-                    if not task.elapsed or not audio:
-                        return Text("")
-                    return Text(f"{audio / task.elapsed:.1f}x")
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
-                                TimeRemainingColumn(), console=console)
-            self.bar.start()
-            self.all = self.bar.add_task("all tracks", total=tracks)
-
-    def __call__(self, event: Any) -> None:
-        from rich.markup import escape
-
-        record = event.record
-        if event.kind == "start":
-            if self.bar is not None:  # the bar reads its description as markup: "song [live].wav" must stay literal
-                self.tasks[record.input] = self.bar.add_task(escape(printable(Path(record.input).name)), total=None,
-                                                             audio=0.0)
-            return
-        if event.kind == "progress":
-            if record.input in self.tasks:
-                audio = (record.duration or 0.0) * event.done / event.total if event.total else 0.0
-                self.bar.update(self.tasks[record.input], completed=event.done, total=event.total, audio=audio)
-            return
-        if event.kind == "failed":
-            self.errors.print(f"[red]error:[/red] {escape(printable(event.message))}", highlight=False, soft_wrap=True)
-        elif record.status == "skipped":
-            if self.plain:
-                self.console.print(f"skipped {printable(record.input)} (outputs exist; --overwrite to redo)", highlight=False,
-                                   soft_wrap=True, markup=False)
-        else:
-            if self.lines:
-                folder = next(iter(record.outputs.values())).parent
-                self.console.print(f"ok {printable(record.input)} -> {printable(str(folder))} ({record.duration:.1f} s of audio in "
-                                   f"{record.seconds:.1f} s)", highlight=False, soft_wrap=True, markup=False)
-            if self.verbose and event.scale != 1.0:
-                self.console.print(f"  rescaled by {event.scale:.3f} to avoid clipping", highlight=False)
-        if self.bar is not None:
-            if record.input in self.tasks:
-                self.bar.remove_task(self.tasks.pop(record.input))
-            self.bar.advance(self.all)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @app.command("separate")
@@ -191,7 +123,8 @@ def separate(
     if fmt == "flac" and bit_depth == "32":
         raise _fail("flac cannot store 32-bit float; use --bit-depth 16 or 24, or --format wav", 2)
 
-    from stemsplit.batch import check_template, expand_inputs, model_label, parse_shard, select_shard, separate_batch
+    from stemsplit.batch import check_template, expand_inputs, model_label, separate_batch
+    from stemsplit.shard import parse_shard, select_shard
     from stemsplit.errors import ModelError, SettingsError, StemsplitError, TemplateError
 
     try:
@@ -229,8 +162,8 @@ def separate(
     options = OutputOptions(fmt=fmt, bit_depth=int(bit_depth), mp3_bitrate=int(mp3_bitrate), clip=clip,
                             keep_samplerate=keep_samplerate)
 
-    def display() -> _BatchDisplay:  # (made when the batch starts: its live bars hold the terminal)
-        return _BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
+    def display() -> BatchDisplay:  # (made when the batch starts: its live bars hold the terminal)
+        return BatchDisplay(console, len(tracks), fancy=console.is_terminal and not as_json and not quiet,
                              plain=not console.is_terminal and not as_json and not quiet,
                              verbose=verbose and not as_json)
 
@@ -250,7 +183,7 @@ def separate(
                                   show=not (as_json or quiet), offline=True if offline else None,
                                   on_default=chosen.append)
     except StemsplitError as exc:
-        raise _cannot_start(exc, tracks, label, out, as_json) from None
+        raise cannot_start(exc, tracks, label, out, as_json) from None
     if chosen:
         label = chosen[0].name
         if not quiet:
@@ -266,7 +199,7 @@ def separate(
     except SettingsError as exc:  # (a --segment or --overlap this model cannot run with)
         raise _settings_failure(exc) from None
     except StemsplitError as exc:
-        raise _cannot_start(exc, tracks, label, out, as_json) from None
+        raise cannot_start(exc, tracks, label, out, as_json) from None
     if verbose and not as_json:
         if chosen:
             console.print(f"default model {label}: {chosen[0].reason}", highlight=False, markup=False)
@@ -284,7 +217,7 @@ def separate(
     finally:
         shown.close()
     if as_json:
-        _print_summary(label, out, records, settings={"device": str(separator.device),
+        print_summary(label, out, records, settings={"device": str(separator.device),
                                                        "precision": separator.precision})
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
@@ -362,11 +295,11 @@ def _separate_on_ray(tracks: list, out: Path, label: str, settings: dict, displa
     except TemplateError as exc:
         raise _fail(f"--filename {exc.template!r} {exc.reason}", 2) from None
     except StemsplitError as exc:  # (the model could not load on any actor, a device it lacks)
-        raise _cannot_start(exc, tracks, label, out, as_json) from None
+        raise cannot_start(exc, tracks, label, out, as_json) from None
     finally:
         display.close()
     if as_json:
-        _print_summary(label, out, records, settings={"device": settings["device"], "precision": settings["precision"],
+        print_summary(label, out, records, settings={"device": settings["device"], "precision": settings["precision"],
                                                       "runner": "ray"})
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
@@ -386,31 +319,3 @@ def _check_model_name(name: str) -> None:
         get_entry(name)
     except ModelError as exc:
         raise _fail(f"-n/--model: {exc}", 2) from None
-
-
-def _print_summary(label: str, out: Path, records: list, error: Optional[str] = None,
-                   settings: Optional[dict] = None) -> None:
-    """The --json document on stdout: counts, one record per track, and `error` for a run that
-    could not start, so that a script reading stdout gets a document whatever happened."""
-    import json
-    import sys
-
-    summary = {
-        "model": label, "out": str(out), **(settings or {"device": None, "precision": None}),
-        "ok": sum(r.status == "ok" for r in records),
-        "skipped": sum(r.status == "skipped" for r in records),
-        "failed": sum(r.status == "failed" for r in records),
-        "tracks": [r.as_dict() for r in records],
-    }
-    if error is not None:
-        summary["error"] = error
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-
-
-def _cannot_start(error: Exception, tracks: list, label: str, out: Path, as_json: bool) -> "typer.Exit":
-    """Report a run that failed before any track (the model or the device): every track failed."""
-    if as_json:
-        from stemsplit.batch import TrackRecord
-
-        _print_summary(label, out, [TrackRecord(t.input, error=t.error or str(error)) for t in tracks], str(error))
-    return _fail(error, 1)

@@ -2,7 +2,8 @@
 spectrogram and waveform branches at the bottleneck.
 
 Owns: the `HTDemucs` model (fixed training-length handling, optional channel projections
-around the transformer). Layers and spectral plumbing come from hdemucs.py / transformer.py.
+around the transformer). Layers and spectral plumbing come from hybrid_layers.py, hdemucs.py
+and transformer.py.
 Constructor keywords, defaults and state_dict keys match demucs 4.1.0's `HTDemucs`.
 Must not: load files or know about segmenting long audio.
 """

@@ -1,7 +1,7 @@
 """The training loop: from a `TrainConfig` to native checkpoints.
 
-Owns: building (or loading with --init) the model, checking the data before the first step, the
-optimisation loop (AdamW, schedule, clipping, EMA, bf16 autocast, DistributedDataParallel),
+Owns: checking the data before the first step, the optimisation loop (AdamW, schedule,
+clipping, EMA, bf16 autocast, DistributedDataParallel) of the model that model.py builds,
 periodic validation (uSDR per source on fixed excerpts), checkpoints (`last` and `best`, native
 format via stemsplit.models.checkpoint), the resumable state file, and the JSON-lines log.
 Files in `out_dir`: last.safetensors, best.safetensors (when there is validation data),
@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from stemsplit.atomic import write_text
-from stemsplit.errors import CheckpointError, ConfigError, ModelError, one_line
+from stemsplit.errors import CheckpointError, ConfigError, one_line
 from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
 from stemsplit.train.config import TrainConfig, to_jsonable
@@ -29,13 +29,11 @@ from stemsplit.data.musdb import scan_folder, split_roots
 from stemsplit.train.data import ExcerptDataset, FolderSource, StepSampler, SynthSource, validation_set
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss
+from stemsplit.train.model import build_model, freeze_encoder, param_groups
 from stemsplit.train.schedule import Schedule
 from stemsplit.train.state import load_state, save_state
 
 Progress = Callable[[dict[str, Any]], None]
-
-ENCODER_PREFIXES = ("encoder.", "tencoder.")
-"""Parameter-name prefixes of the (waveform and spectral) encoders in every nn architecture."""
 
 RUN_FILES = ("state.pt", "last.safetensors", "best.safetensors")
 """A folder holding any of these holds a run, which a new run there (no --resume) would overwrite."""
@@ -47,66 +45,6 @@ FIXED_ON_RESUME = ("architecture", "model_kwargs", "init", "sources", "samplerat
                    "ema_decay")
 """Settings that shape the model, its optimiser state or its averaged weights: a resumed run must keep
 them. Everything else (steps, lr and schedule, data, augmentation, loss, runtime) may change."""
-
-
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    """A fresh model from architecture + kwargs, or the model named by `cfg.init` to fine-tune."""
-    if cfg.init is not None:
-        from stemsplit.models.resolve import load_model
-        from stemsplit.nn.bag import is_bag
-
-        model = load_model(cfg.init)
-        if is_bag(model):
-            raise ModelError(f"{cfg.init}: a bag of models cannot be fine-tuned; pick one of its members")
-        return model
-    from stemsplit.models.checkpoint import build_model as build
-
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.setdefault("sources", list(cfg.sources))
-    kwargs.setdefault("samplerate", cfg.samplerate)
-    kwargs.setdefault("audio_channels", cfg.channels)
-    if cfg.segment is not None:
-        kwargs.setdefault("segment", cfg.segment)
-    return build(cfg.architecture, kwargs)
-
-
-def freeze_encoder(model: torch.nn.Module) -> int:
-    """Stop gradients into the encoder layers; return how many tensors were frozen."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if name.startswith(ENCODER_PREFIXES):
-            param.requires_grad_(False)
-            frozen += 1
-    if frozen == 0:
-        raise ConfigError(f"--freeze-encoder: {type(model).__name__} has no parameters named encoder.*")
-    return frozen
-
-
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer groups of the trainable parameters: the run's lr and weight decay, except where a
-    module asks for its own (`make_optim_group`: HTDemucs's transformer with `t_lr` and
-    `t_weight_decay`, as the reference trains it).
-
-    A group's `lr_scale` is its lr over the run's, so the schedule keeps it in proportion.
-    """
-    groups: list[dict[str, Any]] = []
-    claimed: set[int] = set()
-    for module in model.modules():
-        make = getattr(module, "make_optim_group", None)
-        if make is None:
-            continue
-        group = make()
-        params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
-        claimed.update(id(p) for p in group["params"])
-        if params:
-            own = group.get("lr")
-            if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float))):
-                raise ConfigError(f"{type(module).__name__}: its own learning rate must be a number, got {own!r}")
-            scale = own / lr if own is not None else 1.0
-            groups.append({"params": params, "weight_decay": group.get("weight_decay", weight_decay),
-                           "lr": lr * scale, "lr_scale": scale})
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
-    return [{"params": rest, "weight_decay": weight_decay, "lr": lr, "lr_scale": 1.0}, *groups]
 
 
 class _Data:
