@@ -10,13 +10,17 @@ only takes whole seconds --, overlap 0.25, no shifts, 16-bit wav, no clip handli
 alternating which goes first. Each child's wall time and peak RSS are its own (processes.py). The stems of the two tools must agree (max |diff| <= 1e-3 plus one 16-bit step),
 otherwise the race would not be fair and the script fails.
 
-Also printed: the floor (model FLOPs per audio second over this machine's measured matmul rate,
-i.e. the time a perfect implementation would need), stemsplit alone on a 60-minute track, the
-embedded default model when `weights/default.safetensors` exists, and with `--fast` stemsplit's
-fast CPU mode with the SNR of its stems against the float32 stems.
+stemsplit runs twice: `--precision fp32` (the exact path, whose stems are checked against the
+reference's) and at its default settings (no precision flag: `auto`, bf16 where the CPU computes it
+natively), with the SNR of its stems against the fp32 stems.
+
+Also printed: the floors (model FLOPs per audio second over this machine's measured fp32 and bf16
+matmul rates, i.e. the time a perfect implementation would need; each run is compared with the
+floor of the precision it ran in), stemsplit alone on a 60-minute track, and the embedded model
+(`-n stemsplit_default`, its default precision) on the longest track.
 
 Usage (CPU, the full comparison takes a while on 2 cores):
-    python benchmarks/vs_demucs.py --durations 30,180,600 --runs 3 --fast --write-results
+    python benchmarks/vs_demucs.py --durations 30,180,600 --runs 3 --write-results
     python benchmarks/vs_demucs.py --durations 30 --runs 1 --long 0      # smoke run
     python benchmarks/vs_demucs.py --device cuda --write-results         # GPU: adds --batch-size/--precision fp16
 """
@@ -29,7 +33,6 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -124,8 +127,8 @@ def snr_db(ref: dict[str, np.ndarray], est: dict[str, np.ndarray]) -> float:
 
 # ---- the floor ------------------------------------------------------------------------------
 
-def floor_seconds(native: Path, device: str, threads: int) -> tuple[float, float, float]:
-    """(model GFLOP per audio second, measured GFLOP/s of fp32 matmul, floor s per audio second)."""
+def floor_seconds(native: Path, device: str, threads: int, dtype: str = "float32") -> tuple[float, float, float]:
+    """(model GFLOP per audio second, measured GFLOP/s of matmul in `dtype`, floor s per audio second)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -138,8 +141,8 @@ def floor_seconds(native: Path, device: str, threads: int) -> tuple[float, float
         model(mix)
     per_audio_second = counter.get_total_flops() / (SEGMENT * (1 - OVERLAP))  # each segment advances 0.75 * 7.8 s
     size = 4096 if device == "cuda" else 1536
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
     best = float("inf")
     for _ in range(6 if device == "cuda" else 4):
         if device == "cuda":
@@ -151,6 +154,14 @@ def floor_seconds(native: Path, device: str, threads: int) -> tuple[float, float
         best = min(best, time.perf_counter() - t0)
     rate = 2 * size ** 3 / best
     return per_audio_second / 1e9, rate / 1e9, per_audio_second / rate
+
+
+def default_precision(native: Path, device: str) -> str:
+    """The precision `--precision auto` (stemsplit's default) picks for the bench model here."""
+    from stemsplit.engine.separator import resolve_device, resolve_precision
+    from stemsplit.models.checkpoint import load_checkpoint
+
+    return resolve_precision("auto", resolve_device(device), load_checkpoint(native))
 
 
 # ---- reporting ------------------------------------------------------------------------------
@@ -183,13 +194,6 @@ def hardware(device: str) -> str:
     return text
 
 
-def supports(flag: str) -> bool:
-    """Whether this stemsplit's `separate` command has `flag` (the fast mode is optional)."""
-    help_text = subprocess.run([sys.executable, "-m", "stemsplit", "separate", "--help"],
-                               capture_output=True, text=True, env=dict(os.environ, COLUMNS="200")).stdout
-    return flag in help_text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--durations", default="30,180,600", help="Track lengths in seconds, comma separated.")
@@ -197,7 +201,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Torch threads of both tools.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--long", type=float, default=3600, help="Seconds of the stemsplit-alone track (0: skip).")
-    parser.add_argument("--fast", action="store_true", help="Also run stemsplit's fast CPU mode (--precision bf16).")
     parser.add_argument("--batch-size", type=int, default=8, help="Batched stemsplit variant on CUDA.")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "stemsplit-bench",
                         help="Folder for the model files, tracks and stems (reused between calls).")
@@ -222,12 +225,8 @@ def main() -> None:
     ours = [py, "-m", "stemsplit", "separate", "{track}", "--model-path", str(native), "--segment", str(SEGMENT),
             *common, "--bit-depth", "16", "--clip", "none", "-d", dev, "-q", "-o", "{out}",
             "--filename", "{track}/{stem}.{ext}"]
-    contenders = [reference, Contender("stemsplit", ours, "")]
-    if args.fast:
-        if supports("--precision"):
-            contenders.append(Contender("stemsplit bf16", ours + ["--precision", "bf16"], ""))
-        else:
-            print("note: this stemsplit has no --precision option; --fast skipped")
+    exact = Contender("stemsplit fp32", ours + ["--precision", "fp32"], "")
+    contenders = [reference, exact, Contender("stemsplit default", ours, "")]
     if dev == "cuda":
         contenders.append(Contender(f"stemsplit batch {args.batch_size}", ours + ["--batch-size", str(args.batch_size)], ""))
         contenders.append(Contender(f"stemsplit batch {args.batch_size} fp16",
@@ -249,15 +248,18 @@ def main() -> None:
             if run == 0:
                 stems = {c.label: read_stems(work / "out" / c.label.replace(" ", "_") / c.subdir / track.stem)
                          for c in contenders}
-                agreement[seconds] = max_diff(stems[reference.label], stems["stemsplit"])
+                agreement[seconds] = max_diff(stems[reference.label], stems[exact.label])
                 if agreement[seconds] > 1e-3 + LSB:
                     sys.exit(f"the two tools disagree on the {seconds:.0f}-s track: max |diff| "
                              f"{agreement[seconds]:.2e} > 1e-3 (+1 LSB); the comparison would not be fair")
                 for label, values in variant_snr.items():
-                    values[seconds] = snr_db(stems["stemsplit"], stems[label])
+                    values[seconds] = snr_db(stems[exact.label], stems[label])
                 del stems
 
     gflop, rate, floor = floor_seconds(native, dev, args.threads)
+    auto = default_precision(native, dev)
+    floors = {"fp32": floor, "bf16": floor_seconds(native, dev, args.threads, "bfloat16")[2]}
+    ran_in = {c.label: "fp32" for c in contenders} | {contenders[2].label: auto}
     header = ["track", "tool", "median wall s", "s per audio s", "x of floor", "median cpu s", "peak RSS",
               "wall ratio", "cpu ratio", "RSS ratio"]
     rows = []
@@ -270,13 +272,16 @@ def main() -> None:
             cpu = statistics.median(r.cpu for r in contender.runs[seconds])
             rss = max(r.rss for r in contender.runs[seconds])
             rows.append([f"{seconds:.0f} s", contender.label, f"{wall:.1f}", f"{wall / seconds:.3f}",
-                         f"{wall / seconds / floor:.2f}", f"{cpu:.1f}", gib(rss), f"{wall / ref_wall:.2f}",
+                         f"{wall / seconds / floors.get(ran_in[contender.label], floor):.2f}", f"{cpu:.1f}", gib(rss), f"{wall / ref_wall:.2f}",
                          f"{cpu / ref_cpu:.2f}", f"{rss / ref_rss:.2f}"])
     main_table = table(header, rows)
     notes = ["stems agree: max |diff| stemsplit vs demucs "
              + ", ".join(f"{s:.0f} s: {d:.1e}" for s, d in agreement.items()) + " (limit 1e-3 + 1 LSB)",
              f"floor: {gflop:.1f} GFLOP per audio second / {rate:.1f} GFLOP/s measured fp32 matmul "
-             f"({args.threads} threads) = {floor:.3f} s per audio second ('x of floor' = 1 would be perfect)"]
+             f"({args.threads} threads) = {floor:.3f} s per audio second ('x of floor' = 1 would be perfect); "
+             f"bf16 floor {floors['bf16']:.3f} s per audio second",
+             f"stemsplit default ran in {auto} (--precision auto on this machine) and is compared with the "
+             f"{auto} floor"]
     for label, values in variant_snr.items():
         notes.append(f"{label}: SNR of its stems vs stemsplit fp32 stems (worst stem) "
                      + ", ".join(f"{s:.0f} s: {v:.1f} dB" for s, v in values.items()))
@@ -284,7 +289,7 @@ def main() -> None:
     alone_rows = []
     if args.long > 0:
         track = write_track(work / f"track_{int(args.long)}s.wav", args.long, args.seed)
-        contender = contenders[1]  # stemsplit at default precision: the memory claim is about it
+        contender = contenders[2]  # stemsplit at default settings: the memory claim is about them
         out = work / "out" / "long"
         shutil.rmtree(out, ignore_errors=True)
         result = launcher.run(expand(contender.command, track=str(track), out=str(out)), env)
@@ -292,19 +297,20 @@ def main() -> None:
         alone_rows.append([f"{args.long:.0f} s", contender.label + " (bench model)", f"{result.wall:.1f}",
                            f"{result.wall / args.long:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
         print(f"  {args.long:>6.0f} s  {contender.label:<24} {result.wall:8.1f} s  {gib(result.rss)}", flush=True)
+    from stemsplit.constants import DEFAULT_MODEL
     from stemsplit.models.registry import default_model_path
 
     default = default_model_path()
     default_command: list[str] = []
     if default is not None and default.exists():
-        seconds = durations[0]
+        seconds = max(durations)
         track = work / f"track_{int(seconds)}s.wav"
         out = work / "out" / "default"
         shutil.rmtree(out, ignore_errors=True)
-        default_command = [py, "-m", "stemsplit", "separate", "{track}", *common, "--bit-depth", "16", "-d", dev,
-                           "-q", "-o", "{out}"]
+        default_command = [py, "-m", "stemsplit", "separate", "{track}", "-n", DEFAULT_MODEL, *common,
+                           "--bit-depth", "16", "-d", dev, "-q", "-o", "{out}"]
         result = launcher.run(expand(default_command, track=str(track), out=str(out)), env)
-        alone_rows.append([f"{seconds:.0f} s", f"stemsplit default model ({default.name})", f"{result.wall:.1f}",
+        alone_rows.append([f"{seconds:.0f} s", f"embedded model ({default.name}, default precision)", f"{result.wall:.1f}",
                            f"{result.wall / seconds:.3f}", f"{result.cpu:.1f}", gib(result.rss)])
     else:
         notes.append("embedded default model: weights/default.safetensors does not exist yet; skipped")
@@ -326,7 +332,7 @@ def main() -> None:
                  "Commands ({track}, {out} filled in per run):", ""]
         lines += [f"- {c.label}: `{shlex.join(c.command)}`" for c in contenders]
         if default_command:
-            lines.append(f"- default model: `{shlex.join(default_command)}`")
+            lines.append(f"- embedded model: `{shlex.join(default_command)}`")
         lines += ["", main_table, ""]
         if alone_table:
             lines += [alone_table, ""]
