@@ -33,10 +33,12 @@ Progress = Callable[[dict[str, Any]], None]
 @dataclass
 class Evaluation:
     """Per-track scores {track: {source: {metric: value}}} (NaN: undefined) and their aggregate,
-    and the tracks that could not be scored {track: one-line error}."""
+    and the tracks that could not be scored {track: one-line error}; `precision` is the one the
+    network ran in (bf16 scores differ slightly from fp32 ones, so a score file says which)."""
 
     metrics: tuple[str, ...]
     sources: list[str]
+    precision: str = "fp32"
     tracks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -61,7 +63,8 @@ class Evaluation:
                 return {k: clean(v) for k, v in value.items()}
             return None if isinstance(value, float) and not math.isfinite(value) else value
 
-        return {"metrics": list(self.metrics), "sources": self.sources, "tracks": clean(self.tracks),
+        return {"metrics": list(self.metrics), "sources": self.sources, "precision": self.precision,
+                "tracks": clean(self.tracks),
                 "aggregate": clean(self.aggregate()), "failed": self.failed}
 
     def write_json(self, path: Path) -> None:
@@ -128,8 +131,8 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
              progress: Optional[Progress] = None, **separator: Any) -> Evaluation:
     """Separate and score every (or each named) track under `root` with `model`.
 
-    `separator` holds Separator options (device, segment, overlap, shifts, batch_size). A track
-    that fails its check, cannot be read, or gets a non-finite estimate lands in
+    `separator` holds Separator options (device, segment, overlap, shifts, batch_size,
+    precision). A track that fails its check, cannot be read, or gets a non-finite estimate lands in
     `Evaluation.failed` (and a "failed" progress event) instead of stopping the run; bad options,
     or a root without tracks, still raise.
     """
@@ -138,7 +141,7 @@ def evaluate(model: torch.nn.Module, root: Path, *, tracks: Optional[Sequence[st
     sources = list(model.sources)
     checked, bad = find_tracks(root, sources, tracks)
     runner = Separator(model, **separator)
-    result = Evaluation(FAST_METRICS + (BSS_METRICS if bss else ()), sources)
+    result = Evaluation(FAST_METRICS + (BSS_METRICS if bss else ()), sources, precision=runner.precision)
 
     def fail(name: str, error: StemsplitError) -> None:
         result.failed[name] = str(error)

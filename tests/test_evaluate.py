@@ -99,6 +99,7 @@ def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):
     assert "valid0" in result.stdout and "aggregate over 1 track" in result.stdout
     data = json.loads(out_json.read_text())
     assert list(data["tracks"]) == ["valid0"] and set(data["tracks"]["valid0"]) == set(SOURCES)
+    assert data["precision"] in ("fp32", "bf16") and f"the network ran in {data['precision']} (auto)" in result.stdout
     assert len(list(csv.reader(out_csv.open()))) == 1 + 4 + 2 * 4
     missing = subprocess.run(
         [sys.executable, "-m", "stemsplit", "evaluate", str(tmp_path / "no[red]where"), "--model-path",
@@ -108,6 +109,25 @@ def test_cli_evaluate_writes_json_and_csv(tmp_path, tiny_model):
         [sys.executable, "-m", "stemsplit", "evaluate", str(root), "--model-path", str(tmp_path / "tiny.safetensors"),
          "--threads", "-1"], capture_output=True, text=True, timeout=120)
     assert threads.returncode == 2 and "--threads" in threads.stderr and "Traceback" not in threads.stderr
+
+
+def test_cli_evaluate_runs_in_the_precision_asked_for_and_says_so(tmp_path, tiny_model):
+    root = write_musdb(tmp_path / "db", train=0, valid=1, seconds=1.0) / "valid"
+    save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        result = _cli_evaluate(str(root), "--model-path", str(tmp_path / "tiny.safetensors"), "--no-bss",
+                               "--precision", precision, "--json", str(out))
+        assert result.returncode == 0, result.stderr
+        assert f"the network ran in {precision}\n" in result.stdout
+        data = json.loads(out.read_text())
+        assert data["precision"] == precision
+        scores[precision] = data["aggregate"]
+    for source in SOURCES:  # bf16 moves the scores a little, not a lot
+        assert abs(scores["bf16"][source]["usdr"]["mean"] - scores["fp32"][source]["usdr"]["mean"]) < 1.0
+    unknown = _cli_evaluate(str(root), "--model-path", str(tmp_path / "tiny.safetensors"), "--precision", "fp64")
+    assert unknown.returncode == 2 and "--precision" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def _spoil(path, how: str) -> None:

@@ -10,7 +10,8 @@ from typing import Any, List, Optional
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _error_line, _fail, _note_fallback, _settings_failure
+from stemsplit.cli.common import (PRECISION_HELP, Precision, _check_segments, _error_line, _fail, _note_fallback,
+                                  _settings_failure)
 
 @app.command(hidden=True)
 def evaluate(
@@ -28,6 +29,7 @@ def evaluate(
     overlap: float = typer.Option(0.25, "--overlap", help="Overlap between segments, in [0, 1)."),
     shifts: int = typer.Option(0, "--shifts", min=0),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
+    precision: Precision = typer.Option(Precision("auto"), "--precision", help=PRECISION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
 ) -> None:
     """Score a model on a MUSDB-style folder (hidden; see the README's advanced section).
@@ -82,7 +84,8 @@ def evaluate(
         chosen = load_model(model_path if model_path is not None else model, offline=True if offline else None,
                             on_default=_note_fallback)
         result = run_evaluation(chosen, folder, tracks=names, bss=bss, progress=show, device=device, segment=segment,
-                                overlap=overlap, shifts=shifts, batch_size=batch_size)
+                                overlap=overlap, shifts=shifts, batch_size=batch_size,
+                                precision=precision.value)
     except SettingsError as exc:
         raise _settings_failure(exc) from None
     except StemsplitError as exc:
@@ -92,6 +95,8 @@ def evaluate(
     if not result.tracks:
         hint = f"; for a MUSDB-style root give its test folder, {Path(folder) / 'test'}" if "test" in result.failed else ""
         raise _fail(f"{folder}: no track could be scored ({len(result.failed)} failed){hint}", 1)
+    auto = " (auto)" if precision.value == "auto" else ""
+    console.print(f"the network ran in {result.precision}{auto}", highlight=False, markup=False)
     failed = f", {len(result.failed)} failed" if result.failed else ""
     table = Table(title=f"aggregate over {len(result.tracks)} track(s){failed} (dB)", title_justify="left")
     table.add_column("source")

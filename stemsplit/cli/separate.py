@@ -5,28 +5,22 @@ It must not separate, name files or decide what a track's failure is: `batch` an
 """
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
 from stemsplit.cli.app import app
-from stemsplit.cli.common import _check_segments, _fail, _load_with_progress, _note_fallback, _settings_failure
+from stemsplit.cli.common import (PRECISION_HELP, Precision, _check_segments, _fail, _load_with_progress, _note_fallback,
+                                  _settings_failure, choices)
 from stemsplit.cli.display import BatchDisplay, cannot_start, print_summary
 from stemsplit.constants import (BIT_DEPTHS, CLIP_MODES, DEFAULT_MODEL, DEFAULT_TEMPLATE, MP3_BITRATES, OUTPUT_FORMATS,
-                                 PRECISIONS, PREFERRED_MODEL)
+                                 PREFERRED_MODEL)
 
 
-def _choices(name: str, values: tuple) -> Any:
-    """An option type that offers exactly `values` (typer reads choices from a str enum)."""
-    return enum.Enum(name, {str(v): str(v) for v in values}, type=str)
-
-
-_Format = _choices("Format", OUTPUT_FORMATS)
-_BitDepth = _choices("BitDepth", BIT_DEPTHS)
-_Precision = _choices("Precision", PRECISIONS)
-_Clip = _choices("Clip", CLIP_MODES)
+_Format = choices("Format", OUTPUT_FORMATS)
+_BitDepth = choices("BitDepth", BIT_DEPTHS)
+_Clip = choices("Clip", CLIP_MODES)
 
 
 @app.command("separate")
@@ -74,11 +68,7 @@ def separate(
                                "slightly better; deterministic, see --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random shifts."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Segments per forward pass."),
-    precision: _Precision = typer.Option(_Precision("auto"), "--precision",
-                                         help="Network precision. auto: bf16 where the CPU (AVX512-BF16/AMX) or "
-                                              "CUDA device runs it natively and the model family keeps its quality "
-                                              "(stems ~45 dB SNR from fp32), else fp32; fp32: exact; bf16; fp16 "
-                                              "(CUDA only)."),
+    precision: Precision = typer.Option(Precision("auto"), "--precision", help=PRECISION_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
                                         help="Keep shard K of N (1-based) of the inputs, by a stable hash of each "
                                              "path; auto/N takes K from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX."),
