@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from stemsplit.errors import DataError
-from stemsplit.synth import psola, render_song
+from stemsplit.synth import master, psola, render_song
 from stemsplit.synth.reserved import is_reserved
 from stemsplit.synth.samples import audio, hydrogen, library
 
@@ -135,7 +135,7 @@ def test_recorded_songs_are_deterministic_exact_and_differ_from_procedural(lib_r
 
 
 def test_no_sample_material_falls_back_to_the_procedural_song(tmp_path):
-    empty = render_song(2, 1.5, SR, samples=tmp_path, sample_share=1.0)
+    empty = render_song(2, 1.5, SR, samples=tmp_path, sample_share=1.0, master=False)
     plain = render_song(2, 1.5, SR)
     assert all(np.array_equal(empty[k], plain[k]) for k in plain)
     with pytest.raises(DataError, match="not found"):
@@ -206,3 +206,20 @@ def test_cli_synth_with_samples_and_split(lib_root, tmp_path):
     assert np.array_equal(mix, ((stems[0] + stems[1]) + stems[2]) + stems[3])
     bad = subprocess.run(cmd[:7] + ["--split", "valid"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--samples" in bad.stderr
+
+
+def test_limiter_keeps_the_stems_summing_exactly_under_the_ceiling():
+    rng = np.random.default_rng(0)
+    stems = {k: (rng.standard_normal((2, SR)) * s).astype(np.float32)
+             for k, s in (("drums", 0.05), ("bass", 0.03), ("other", 0.02), ("vocals", 0.04))}
+    stems["drums"][:, 1000:1010] = 3.0  # a hard transient far over the ceiling
+    out = master.limit(stems, SR, 0.8)
+    mix = master.mix_of(out)
+    assert float(np.max(np.abs(mix))) <= 0.8
+    gain = out["bass"] / np.where(stems["bass"] == 0, 1, stems["bass"])
+    assert np.allclose(gain, out["vocals"] / stems["vocals"], rtol=1e-5)  # one gain for every stem
+    assert float(np.mean(np.abs(mix))) > 0.9 * float(np.mean(np.abs(master.mix_of(stems))))  # only peaks move
+    song = render_song(5, 2.0, SR, master=True)
+    assert np.array_equal(song["mixture"], song["drums"] + song["bass"] + song["other"] + song["vocals"])
+    assert float(np.max(np.abs(song["mixture"]))) <= 1.0
+    assert not np.allclose(song["vocals"], render_song(5, 2.0, SR)["vocals"], atol=1e-4)

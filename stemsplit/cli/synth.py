@@ -36,6 +36,9 @@ def synth(
     sample_share: float = typer.Option(0.7, "--sample-share", min=0.0, max=1.0,
                                        help="With --samples: chance that a song's drums, vocals, bass and other "
                                        "each use recorded material."),
+    master: Optional[bool] = typer.Option(
+        None, "--master/--no-master", help="Mix bus of a record (genre levels, shared room, bus compression, "
+        "limiter, applied alike to all stems). Default: on with --samples, off without."),
     dry: bool = typer.Option(False, "--dry", help="No production effects (EQ, compression, reverb, ...)."),
     excerpt: bool = typer.Option(False, "--excerpt", help="Start each song inside a random section, not at bar 1."),
 ) -> None:
@@ -57,6 +60,8 @@ def synth(
         options["exclude"] = exclude
     if soundfont:
         options.update(soundfont=soundfont, soundfont_share=soundfont_share)
+    if master is not None:
+        options["master"] = master
     if samples:
         options.update(samples=samples, split=split, sample_share=sample_share)
     elif split != "train":

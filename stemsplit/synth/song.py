@@ -61,7 +61,8 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
                 soundfont: str | Path | None = None, soundfont_share: float = 0.5,
                 exclude: Sequence[str] = (), production: bool = True, excerpt: bool = False,
                 loudness: tuple[float, float] = (-24.0, -12.0), samples: str | Path | None = None,
-                split: str = "train", sample_share: float = 0.7) -> dict[str, np.ndarray]:
+                split: str = "train", sample_share: float = 0.7,
+                master: bool | None = None) -> dict[str, np.ndarray]:
     """Render one synthetic song.
 
     Returns {"drums", "bass", "other", "vocals", "mixture"} -> float32 arrays (channels, samples)
@@ -94,6 +95,10 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         when libfluidsynth is there. Whatever is missing falls back to procedural sound.
       split: "train" or "valid": which side of the material split (`samples.library.VALID`) the
         song draws from; the two never share a kit, a voice or a soundfont.
+      master: the mix bus of a record (`master.master`: the style's stem levels, kick weight,
+        driven guitars, a shared room, bus EQ, glue compression, a limiter driven a few dB, all
+        applied alike to every stem). None (default): on with `samples` (unless `production` is
+        False), off without them, so songs without samples sound as they always did per seed.
     """
     check_options(seconds, samplerate, channels, styles, vocal_modes, exclude, split, sample_share)
     held_out = frozenset(exclude)
@@ -143,7 +148,13 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     room = (float(mix_rng.uniform(0.3, 2.5)), float(mix_rng.uniform(0.2, 0.9)))
     dance = plan.style in ("electronic", "trap", "hiphop", "pop") and plan.meter == "4/4"
     duck = (float(mix_rng.uniform(0.3, 0.8)), plan.offset) if dance and mix_rng.random() < 0.35 else None
+    mastered = (samples is not None and production) if master is None else bool(master)
     balance = {"drums": 0.0, "bass": -1.0, "other": -3.0, "vocals": 0.5}
+    spread = 3.0
+    if mastered:
+        from stemsplit.synth import master as bus
+
+        balance, spread = bus.levels(plan.style), bus.SPREAD_DB
     start = length - int(round(seconds * sr))
     out: dict[str, np.ndarray] = {}
     for name in SOURCES:
@@ -153,8 +164,11 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         # Level from the whole rendered stem (preroll included), so that a stem which only rings
         # out at the start of an excerpt keeps its tail quiet instead of being boosted.
         rms = _active_rms(x, sr)
-        gain = 10 ** ((balance[name] + mix_rng.normal(0, 3.0)) / 20) / rms if rms > 1e-7 else 0.0
-        out[name] = (x[:, start:] * F32(gain)).astype(F32)
+        gain = 10 ** ((balance[name] + mix_rng.normal(0, spread)) / 20) / rms if rms > 1e-7 else 0.0
+        out[name] = (x * F32(gain)).astype(F32)
+    if mastered:
+        out = bus.master(rngs[7], out, sr, plan.style, plan.bpm)
+    out = {name: x[:, start:] for name, x in out.items()}
     if channels == 1:
         out = {k: np.mean(v, axis=0, keepdims=True, dtype=F32) for k, v in out.items()}
     return _normalise(mix_rng, out, loudness)
