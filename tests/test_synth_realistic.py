@@ -223,3 +223,22 @@ def test_limiter_keeps_the_stems_summing_exactly_under_the_ceiling():
     assert np.array_equal(song["mixture"], song["drums"] + song["bass"] + song["other"] + song["vocals"])
     assert float(np.max(np.abs(song["mixture"]))) <= 1.0
     assert not np.allclose(song["vocals"], render_song(5, 2.0, SR)["vocals"], atol=1e-4)
+
+
+def test_training_synth_source_draws_train_and_validation_from_their_splits(lib_root, monkeypatch):
+    from stemsplit.errors import ConfigError
+    from stemsplit.train.config import TrainConfig
+    from stemsplit.train.data import SynthSource, synth_options
+
+    assert synth_options(None, 0.7, "train") == {}
+    read = []
+    real = audio._read.__wrapped__
+    monkeypatch.setattr(audio, "_read", lambda path, sr, secs: read.append(path) or real(path, sr, secs))
+    frames = SR
+    valid = SynthSource(["drums", "vocals"], SR, 2, frames, 0, **synth_options(str(lib_root), 1.0, "valid"))
+    song = valid.song(valid.VALID_FIRST_SONG, frames)
+    assert song.shape == (2, 2, frames) and read and all("/BJA_Pacific/" in p or "/el/" in p for p in read)
+    with pytest.raises(DataError):
+        synth_options(str(lib_root / "missing"), 0.7, "train")
+    with pytest.raises(ConfigError, match="synth_sample_share"):
+        TrainConfig(synth_weight=1.0, synth_samples="auto", synth_sample_share=1.5).check()
