@@ -97,7 +97,8 @@ def test_reserved_material_is_refused_everywhere(lib_root, tmp_path):
         assert is_reserved(path), path
     assert not is_reserved("/usr/share/hydrogen/data/drumkits/GMRockKit/drumkit.xml")
     found = [library.find_library(lib_root, s) for s in library.SPLITS]
-    listed = [str(p) for lib in found for p in (*lib.kits, *lib.soundfonts, *(f for v in lib.voices for f in v.files))]
+    listed = [str(p) for lib in found
+              for p in (*(k.path for k in lib.kits), *lib.soundfonts, *(f for v in lib.voices for f in v.files))]
     assert listed and not any(is_reserved(p) for p in listed)
     assert not any("FluidR3" in p or "espeak" in p for p in listed)
     pingus = tmp_path / "usr/share/games/pingus"
@@ -108,7 +109,7 @@ def test_reserved_material_is_refused_everywhere(lib_root, tmp_path):
 
 def test_train_and_valid_share_no_material_and_songs_read_only_their_split(lib_root, monkeypatch):
     train, valid = (library.find_library(lib_root, s) for s in ("train", "valid"))
-    assert [k.parent.name for k in train.kits] == ["TrainKit"] and [k.parent.name for k in valid.kits] == ["BJA_Pacific"]
+    assert [k.name for k in train.kits] == ["TrainKit"] and [k.name for k in valid.kits] == ["BJA_Pacific"]
     assert [v.name for v in train.voices] == ["ktuberling/en"] and [v.name for v in valid.voices] == ["ktuberling/el"]
     read = []
     real = audio._read.__wrapped__
@@ -242,3 +243,18 @@ def test_training_synth_source_draws_train_and_validation_from_their_splits(lib_
         synth_options(str(lib_root / "missing"), 0.7, "train")
     with pytest.raises(ConfigError, match="synth_sample_share"):
         TrainConfig(synth_weight=1.0, synth_samples="auto", synth_sample_share=1.5).check()
+
+
+def test_sonic_pi_one_shots_make_a_multi_velocity_kit(tmp_path):
+    from stemsplit.synth.samples import choose, sonicpi
+
+    folder = tmp_path / sonicpi.FOLDER
+    folder.mkdir(parents=True)
+    for i, stem in enumerate(("drum_bass_soft", "drum_bass_hard", "drum_snare_hard", "bd_808", "sn_dub")):
+        soundfile.write(folder / f"{stem}.flac", _hit(80 + 50 * i, 0.05, seed=i), SR)
+    kits = {k.name: k for k in library.find_library(tmp_path, "train").kits}
+    assert set(kits) == {"sonic-pi/acoustic", "sonic-pi/electronic"}
+    acoustic = choose.load_kit(kits["sonic-pi/acoustic"])
+    assert [la.path.stem for la in acoustic["kick"][0].layers] == ["drum_bass_soft", "drum_bass_hard"]
+    out = render_song(6, 1.5, SR, samples=tmp_path, sample_share=1.0)
+    assert np.array_equal(out["mixture"], out["drums"] + out["bass"] + out["other"] + out["vocals"])

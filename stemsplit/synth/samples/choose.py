@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from stemsplit.errors import DataError
-from stemsplit.synth.samples import hydrogen, library
+from stemsplit.synth.samples import hydrogen, library, sonicpi
 
 
 @dataclass
@@ -20,6 +20,13 @@ class Picked:
     kit: dict | None = None          # hydrogen.load_kit(...) of the chosen kit
     voice: object | None = None      # a voices.RecordedVoice
     soundfont: Path | None = None
+
+
+def load_kit(kit: library.Kit) -> dict:
+    """The playable instruments of a kit by piece ({} when unusable)."""
+    if kit.name.startswith("sonic-pi/"):
+        return sonicpi.load_kit(kit.path, kit.name.split("/", 1)[1])
+    return hydrogen.load_kit(kit.path)
 
 
 def _fluidsynth_ok() -> bool:
@@ -41,9 +48,9 @@ def pick(rng: np.random.Generator, samples: str | Path, split: str, share: float
     k_kit, k_voice, k_font = (int(rng.integers(2**31)) for _ in range(3))
     voice_seed = int(rng.integers(2**62))
     out = Picked()
-    kits = [k for k in lib.kits if hydrogen.load_kit(k)]
+    kits = [k for k in lib.kits if load_kit(k)]
     if use_kit and kits:
-        out.kit = hydrogen.load_kit(kits[k_kit % len(kits)])
+        out.kit = load_kit(kits[k_kit % len(kits)])
     if use_voice and lib.voices:
         from stemsplit.synth.samples.voices import RecordedVoice
 

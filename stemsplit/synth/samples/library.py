@@ -34,6 +34,14 @@ MAX_LISTED = 2000  # entries looked at per folder: a huge or hostile folder cann
 
 
 @dataclass(frozen=True)
+class Kit:
+    """A recorded drum kit: a Hydrogen drumkit.xml, or a Sonic Pi kit ("sonic-pi/<kit>") in a folder."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class Voice:
     """One speaker's recordings (a language of ktuberling, a voice pack of hedgewars)."""
 
@@ -47,7 +55,7 @@ class Library:
 
     root: Path
     split: str
-    kits: tuple[Path, ...]         # drumkit.xml files
+    kits: tuple[Kit, ...]
     voices: tuple[Voice, ...]
     soundfonts: tuple[Path, ...]   # General MIDI .sf2/.sf3
 
@@ -85,13 +93,18 @@ def _listing(folder: Path) -> list[Path]:
         return []
 
 
-def _kits(root: Path, split: str) -> list[Path]:
+def _kits(root: Path, split: str) -> list[Kit]:
+    from stemsplit.synth.samples import sonicpi
+
     found = []
     for rel in KIT_DIRS:
         for kit_dir in _listing(root / rel):
             xml = kit_dir / "drumkit.xml"
             if xml.is_file() and split_of("kit", kit_dir.name) == split:
-                found.append(xml)
+                found.append(Kit(kit_dir.name, xml))
+    folder = root / sonicpi.FOLDER
+    if folder.is_dir() and not is_reserved(folder):
+        found += [Kit(f"sonic-pi/{k}", folder) for k in sonicpi.KITS if split_of("kit", f"sonic-pi/{k}") == split]
     return found
 
 
