@@ -1,7 +1,8 @@
 """render_song: one deterministic synthetic song as four stems and their exact mixture.
 
-Owns the orchestration (plan, parts, optional soundfont rendering, per-stem production, stem
-balance, loudness normalisation with headroom, mono/stereo) and the public options. It must not
+Owns the orchestration (plan, parts, optional soundfont rendering, optional recorded material
+from samples/, per-stem production, stem balance, the optional mix bus of master.py, loudness
+normalisation with headroom, mono/stereo) and the public options. It must not
 contain instrument or effect internals, and it never touches global random state: everything
 comes from numpy Generators seeded by the song seed.
 """
