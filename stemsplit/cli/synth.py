@@ -28,6 +28,17 @@ def synth(
                                             help="General MIDI .sf2/.sf3 (or 'auto') for sample-based stems."),
     soundfont_share: float = typer.Option(0.5, "--soundfont-share", min=0.0, max=1.0,
                                           help="Chance that each stem uses the soundfont."),
+    samples: Optional[str] = typer.Option(
+        None, "--samples", help="Recorded drum kits, voices and soundfonts: 'auto' (installed by "
+        "scripts/install_samples.sh) or a folder the packages were unpacked into."),
+    split: str = typer.Option("train", "--split", help="Material split the samples come from: train or valid "
+                              "(they share no kit, voice or soundfont)."),
+    sample_share: float = typer.Option(0.7, "--sample-share", min=0.0, max=1.0,
+                                       help="With --samples: chance that a song's drums, vocals, bass and other "
+                                       "each use recorded material."),
+    master: Optional[bool] = typer.Option(
+        None, "--master/--no-master", help="Mix bus of a record (genre levels, shared room, bus compression, "
+        "limiter, applied alike to all stems). Default: on with --samples, off without."),
     dry: bool = typer.Option(False, "--dry", help="No production effects (EQ, compression, reverb, ...)."),
     excerpt: bool = typer.Option(False, "--excerpt", help="Start each song inside a random section, not at bar 1."),
 ) -> None:
@@ -49,6 +60,12 @@ def synth(
         options["exclude"] = exclude
     if soundfont:
         options.update(soundfont=soundfont, soundfont_share=soundfont_share)
+    if master is not None:
+        options["master"] = master
+    if samples:
+        options.update(samples=samples, split=split, sample_share=sample_share)
+    elif split != "train":
+        raise _fail(ValueError("--split needs --samples"), 2)
     try:  # errors are reported after the bar has stopped, so that the error is the last line
         with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=err) as bar:
@@ -61,3 +78,7 @@ def synth(
     except StemsplitError as exc:
         raise _fail(exc, 1) from None
     Console().print(f"wrote {len(folders)} songs of {seconds:g} s to {out_dir}", highlight=False)
+    if samples:
+        from stemsplit.synth.samples.library import find_library
+
+        Console().print(f"samples: {find_library(samples, split).summary()}", highlight=False)

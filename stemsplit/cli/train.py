@@ -23,6 +23,11 @@ def train(
     valid: Optional[str] = typer.Option(None, "--valid", help="Validation folder of tracks."),
     musdb_weight: Optional[float] = typer.Option(None, "--musdb-weight"),
     synth_weight: Optional[float] = typer.Option(None, "--synth-weight", help="Weight of on-the-fly synthetic songs."),
+    synth_samples: Optional[str] = typer.Option(
+        None, "--synth-samples", help="Recorded material for synthetic songs ('auto' or a folder): train split "
+        "for training, valid split for validation."),
+    synth_sample_share: Optional[float] = typer.Option(None, "--synth-sample-share",
+                                                       help="Chance that each synthetic stem uses recorded material."),
     segment: Optional[float] = typer.Option(None, "--segment", help="Excerpt seconds (default: the model's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (0: main process)."),
@@ -72,6 +77,7 @@ def train(
         flags = {
             "out_dir": out, "architecture": arch, "init": init, "freeze_encoder": freeze_encoder, "musdb": musdb,
             "valid": valid, "musdb_weight": musdb_weight, "synth_weight": synth_weight, "segment": segment,
+            "synth_samples": synth_samples, "synth_sample_share": synth_sample_share,
             "batch_size": batch_size, "num_workers": workers, "valid_excerpts": valid_excerpts, "steps": steps,
             "lr": lr, "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup,
             "clip_grad": clip_grad, "ema_decay": ema, "loss": loss, "stft_weight": stft_weight, "device": device,

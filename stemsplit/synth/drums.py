@@ -190,8 +190,11 @@ def _pans(rng: np.random.Generator) -> dict[str, float]:
 
 
 def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
-           exclude: frozenset[str] = frozenset()) -> np.ndarray:
-    """Render the drum stem (2, length) before stem-level production (no kit kind in `exclude`)."""
+           exclude: frozenset[str] = frozenset(), recorded: dict | None = None) -> np.ndarray:
+    """Render the drum stem (2, length) before stem-level production (no kit kind in `exclude`).
+
+    `recorded` is a recorded kit (`samples.hydrogen.load_kit`) to play instead of a synthesized
+    one: its velocity layers replace the synthesized hits and their velocity curve."""
     kind = pick(rng, KIT_KINDS[:-1], exclude) or "brushes"  # brushes only where they belong
     if plan.style == "trap" and rng.random() < 0.7 and "808" not in exclude:
         kind = "808"
@@ -199,22 +202,48 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int,
         kind = "brushes"
     end = length / sr
     notes = [n for n in write_part(rng, plan) if -2.6 < n.start < end]  # only hits that can be heard
+    if recorded:
+        from stemsplit.synth.samples.hydrogen import KitPlayer
+
+        player = KitPlayer(rng, recorded, sr)
+        pans = _pans(rng)
+        quieter = {"hat_closed": 0.7, "hat_open": 0.7, "ride": 0.6, "crash": 0.6, **{p: 0.6 for p in PERCUSSION}}
+        gains = {p: dsp.db(rng.uniform(-2, 2)) * quieter.get(p, 1.0) for p in kit.PIECES}
+
+        def recorded_hit(note) -> tuple[np.ndarray, float] | None:
+            hit = player.hit(note.piece, note.vel)
+            # A velocity layer already sounds softer; the gain follows velocity as a sampler does.
+            return None if hit is None else (hit[0], hit[1] * gains[note.piece] * note.vel)
+
+        return _place(notes, recorded_hit, pans, sr, length)
     pieces = kit.make_kit(rng, sr, kind, {n.piece for n in notes})
     pans = _pans(rng)
     quieter = {"hat_closed": 0.5, "hat_open": 0.5, "ride": 0.45, "crash": 0.5, **{p: 0.5 for p in PERCUSSION}}
     gains = {p: dsp.db(rng.uniform(-3, 3)) * quieter.get(p, 1.0) for p in kit.PIECES}
+
+    def synthesized_hit(note) -> tuple[np.ndarray, float]:
+        variants = pieces[note.piece]
+        return variants[int(rng.integers(len(variants)))], gains[note.piece] * note.vel ** 1.6
+
+    return _place(notes, synthesized_hit, pans, sr, length)
+
+
+def _place(notes: list[Note], hit, pans: dict[str, float], sr: int, length: int) -> np.ndarray:
+    """Put each note's hit (`hit(note)` -> (mono sample, amplitude) or None) into a stereo track,
+    a closed hat choking a ringing open one."""
     out = np.zeros((2, length), dtype=F32)
     hat_times = [n.start for n in notes if n.piece in ("hat_closed", "hat_pedal")]
     for note in notes:
-        variants = pieces[note.piece]
-        sample = variants[int(rng.integers(len(variants)))]
+        played = hit(note)
+        if played is None:
+            continue
+        sample, amp = played
         if note.piece == "hat_open":  # a closed hat chokes the ringing open one
             later = [t for t in hat_times if t > note.start + 1e-3]
             if later:
                 keep = int((later[0] - note.start) * sr)
                 if keep < sample.shape[0]:
                     sample = dsp.fade(sample[:max(keep, 16)].copy(), sr, 0.0, 0.004)
-        amp = gains[note.piece] * note.vel ** 1.6
         gl, gr = dsp.pan_gains(pans[note.piece])
         start = int(round(note.start * sr))
         dsp.add_at(out[0], sample * F32(amp * gl), start)

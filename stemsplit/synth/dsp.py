@@ -18,6 +18,11 @@ def midi_to_hz(midi: float | np.ndarray) -> float | np.ndarray:
     return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
 
 
+def hz_to_midi(hz: float | np.ndarray) -> float | np.ndarray:
+    """The inverse of `midi_to_hz` (fractional MIDI pitch)."""
+    return 69.0 + 12.0 * np.log2(np.asarray(hz, dtype=np.float64) / 440.0)
+
+
 def db(value: float) -> float:
     """Decibels to linear amplitude."""
     return float(10.0 ** (value / 20.0))

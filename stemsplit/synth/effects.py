@@ -32,6 +32,14 @@ def eq(x: np.ndarray, sr: int, rng: np.random.Generator, stem: str) -> np.ndarra
 def compress(x: np.ndarray, sr: int, threshold_db: float, ratio: float, attack: float,
              release: float, makeup: bool = True) -> np.ndarray:
     """Feed-forward RMS compressor on the stereo-linked level, computed on 2 ms blocks."""
+    g = compress_gain(x, sr, threshold_db, ratio, attack, release, makeup)
+    return (x * g.astype(F32)).astype(F32)
+
+
+def compress_gain(x: np.ndarray, sr: int, threshold_db: float, ratio: float, attack: float,
+                  release: float, makeup: bool = True) -> np.ndarray:
+    """The gain per sample (float64, length of `x`) that `compress` applies: a bus compressor
+    applies it to every stem of a mix alike."""
     block = max(int(0.002 * sr), 1)
     n = x.shape[-1]
     nb = -(-n // block)
@@ -49,8 +57,7 @@ def compress(x: np.ndarray, sr: int, threshold_db: float, ratio: float, attack: 
     smooth = np.minimum(fast, slow)
     if makeup:
         smooth -= np.percentile(smooth, 90) * 0.5
-    g = 10 ** (np.repeat(smooth, block)[:n] / 20)
-    return (x * g.astype(F32)).astype(F32)
+    return 10 ** (np.repeat(smooth, block)[:n] / 20)
 
 
 def saturate(x: np.ndarray, drive: float, mix: float) -> np.ndarray:

@@ -1,7 +1,8 @@
 """render_song: one deterministic synthetic song as four stems and their exact mixture.
 
-Owns the orchestration (plan, parts, optional soundfont rendering, per-stem production, stem
-balance, loudness normalisation with headroom, mono/stereo) and the public options. It must not
+Owns the orchestration (plan, parts, optional soundfont rendering, optional recorded material
+from samples/, per-stem production, stem balance, the optional mix bus of master.py, loudness
+normalisation with headroom, mono/stereo) and the public options. It must not
 contain instrument or effect internals, and it never touches global random state: everything
 comes from numpy Generators seeded by the song seed.
 """
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from stemsplit.synth import bass, compose, drums, effects, instruments, kit, singer, vocals
+from stemsplit.synth.samples.library import SPLITS
 
 F32 = np.float32
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -23,7 +25,8 @@ COMPONENTS = {"drum kit": kit.KIT_KINDS, "bass voice": bass.VOICES, "instrument"
               "voice type": tuple(singer.VOICE_TYPES), "vocal model": singer.MODELS}
 
 
-def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude) -> None:
+def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_modes, exclude,
+                  split: str = "train", sample_share: float = 0.7) -> None:
     """ValueError naming the first option `render_song` cannot honour (so callers fail before any work).
 
     The sample rate is capped at 192 kHz, the highest common studio rate: far beyond it the
@@ -41,6 +44,10 @@ def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_
     for m in vocal_modes or ():
         if m not in vocals.MODES:
             raise ValueError(f"unknown vocal mode {m!r}; choose from {', '.join(vocals.MODES)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0.0 <= sample_share <= 1.0:
+        raise ValueError(f"sample_share must be between 0 and 1, got {sample_share}")
     known = {name for names in COMPONENTS.values() for name in names}
     for name in exclude:
         if name not in known:
@@ -54,7 +61,9 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
                 styles: Sequence[str] | None = None, vocal_modes: Sequence[str] | None = None,
                 soundfont: str | Path | None = None, soundfont_share: float = 0.5,
                 exclude: Sequence[str] = (), production: bool = True, excerpt: bool = False,
-                loudness: tuple[float, float] = (-24.0, -12.0)) -> dict[str, np.ndarray]:
+                loudness: tuple[float, float] = (-24.0, -12.0), samples: str | Path | None = None,
+                split: str = "train", sample_share: float = 0.7,
+                master: bool | None = None) -> dict[str, np.ndarray]:
     """Render one synthetic song.
 
     Returns {"drums", "bass", "other", "vocals", "mixture"} -> float32 arrays (channels, samples)
@@ -80,11 +89,23 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
       production: False skips EQ/compression/saturation/delay/reverb/width (a dry path).
       excerpt: start inside a random section (as a training excerpt), rendering half a second of
         preroll so that tails of earlier notes and reverbs are present at the first sample.
+      samples: recorded material: "auto" (the installed Debian sample packages, see
+        scripts/install_samples.sh) or a folder they were unpacked into. Each song then plays a
+        recorded drum kit, and sings with a recorded voice, each with probability `sample_share`;
+        without `soundfont`, bass and other go through the split's soundfont with that chance
+        when libfluidsynth is there. Whatever is missing falls back to procedural sound.
+      split: "train" or "valid": which side of the material split (`samples.library.VALID`) the
+        song draws from; the two never share a kit, a voice or a soundfont.
+      master: the mix bus of a record (`master.master`: the style's stem levels, kick weight,
+        driven guitars, a shared room, bus EQ, glue compression, a limiter driven a few dB, all
+        applied alike to every stem). None (default): on with `samples` (unless `production` is
+        False), off without them, so songs without samples sound as they always did per seed.
     """
-    check_options(seconds, samplerate, channels, styles, vocal_modes, exclude)
+    check_options(seconds, samplerate, channels, styles, vocal_modes, exclude, split, sample_share)
     held_out = frozenset(exclude)
     sr = int(samplerate)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)]
+    # Children 0-6 are the same as before samples existed, so songs without samples are unchanged.
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(9)]
     preroll = 0.5 if excerpt else 0.0
     plan = compose.make_plan(rngs[0], seconds, styles=tuple(styles) if styles else None,
                              excerpt=excerpt, preroll=preroll)
@@ -95,11 +116,21 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         if len(vocal_modes) > 1 and "rap" in vocal_modes and plan.rap:
             mode = "rap"
     stems: dict[str, np.ndarray | None] = {name: None for name in SOURCES}
+    recorded_voice = None
+    if samples is not None:
+        from stemsplit.synth.samples import choose
+
+        picked = choose.pick(rngs[8], samples, split, sample_share, sr, soundfont is None)
+        if picked.kit:
+            stems["drums"] = drums.render(rngs[1], plan, sr, length, held_out, recorded=picked.kit)
+        if picked.soundfont is not None:
+            soundfont, soundfont_share = picked.soundfont, sample_share
+        recorded_voice = picked.voice
     if soundfont is not None:
         from stemsplit.synth import soundfont as sf
 
         for stem, k in (("drums", 1), ("bass", 2), ("other", 3)):
-            if rngs[k].random() < soundfont_share:
+            if stems[stem] is None and rngs[k].random() < soundfont_share:
                 stems[stem] = sf.render_stem(rngs[k], plan, sr, length, stem, soundfont)
         if rngs[6].random() < soundfont_share * 0.4:
             choir = sf.render_stem(rngs[6], plan, sr, length, "vocals", soundfont)
@@ -108,7 +139,7 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     for stem, (render, k) in procedural.items():
         if stems[stem] is None:
             stems[stem] = render(rngs[k], plan, sr, length, held_out)
-    sung = vocals.render(rngs[4], plan, sr, length, mode, held_out)
+    sung = vocals.render(rngs[4], plan, sr, length, mode, held_out, recorded_voice)
     if stems["vocals"] is not None:
         sung_rms = _active_rms(sung, sr)
         stems["vocals"] = sung + stems["vocals"] * F32(sung_rms if sung_rms > 1e-7 else 1.0)
@@ -118,7 +149,13 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     room = (float(mix_rng.uniform(0.3, 2.5)), float(mix_rng.uniform(0.2, 0.9)))
     dance = plan.style in ("electronic", "trap", "hiphop", "pop") and plan.meter == "4/4"
     duck = (float(mix_rng.uniform(0.3, 0.8)), plan.offset) if dance and mix_rng.random() < 0.35 else None
+    mastered = (samples is not None and production) if master is None else bool(master)
     balance = {"drums": 0.0, "bass": -1.0, "other": -3.0, "vocals": 0.5}
+    spread = 3.0
+    if mastered:
+        from stemsplit.synth import master as bus
+
+        balance, spread = bus.levels(plan.style), bus.SPREAD_DB
     start = length - int(round(seconds * sr))
     out: dict[str, np.ndarray] = {}
     for name in SOURCES:
@@ -128,8 +165,11 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
         # Level from the whole rendered stem (preroll included), so that a stem which only rings
         # out at the start of an excerpt keeps its tail quiet instead of being boosted.
         rms = _active_rms(x, sr)
-        gain = 10 ** ((balance[name] + mix_rng.normal(0, 3.0)) / 20) / rms if rms > 1e-7 else 0.0
-        out[name] = (x[:, start:] * F32(gain)).astype(F32)
+        gain = 10 ** ((balance[name] + mix_rng.normal(0, spread)) / 20) / rms if rms > 1e-7 else 0.0
+        out[name] = (x * F32(gain)).astype(F32)
+    if mastered:
+        out = bus.master(rngs[7], out, sr, plan.style, plan.bpm)
+    out = {name: x[:, start:] for name, x in out.items()}
     if channels == 1:
         out = {k: np.mean(v, axis=0, keepdims=True, dtype=F32) for k, v in out.items()}
     return _normalise(mix_rng, out, loudness)

@@ -23,10 +23,12 @@ import numpy as np
 from stemsplit.errors import DataError
 from stemsplit.synth import bass, drums, instruments
 from stemsplit.synth.compose import Note, Plan
+from stemsplit.synth.reserved import is_reserved
 
 F32 = np.float32
 SEARCH_DIRS = (Path("/usr/share/sounds/sf2"), Path("/usr/share/sounds/sf3"), Path("/usr/share/soundfonts"))
-RESERVED = ("fluidr3",)  # held-out evaluation soundfonts: never chosen automatically
+# Drum-kit-only soundfonts (avldrums.lv2-soundfont): not General MIDI, so never an "auto" choice.
+DRUM_ONLY = ("_lv2",)
 
 # General MIDI programs (0-based) per stem. Voice-like programs (choir, voice oohs, synth voice,
 # "voice" lead and "choir" pad) are kept out of the "other" stem so labels stay clean.
@@ -48,12 +50,17 @@ _KEEPERS: dict[tuple[int, str], tuple[int, int]] = {}
 
 def find_soundfonts() -> list[Path]:
     """General MIDI soundfonts installed in the usual Debian places (reserved ones excluded)."""
+    return find_soundfonts_under(Path("/"))
+
+
+def find_soundfonts_under(root: Path) -> list[Path]:
+    """General MIDI soundfonts in the Debian places below `root` (reserved and drum-only excluded)."""
     found = []
-    for folder in SEARCH_DIRS:
+    for folder in (root / d.relative_to("/") for d in SEARCH_DIRS):
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
                 if path.suffix.lower() in (".sf2", ".sf3") and path.is_file() and not path.is_symlink():
-                    if not any(r in path.name.lower() for r in RESERVED):
+                    if not is_reserved(path) and not any(d in path.name.lower() for d in DRUM_ONLY):
                         found.append(path)
     return found
 

@@ -249,12 +249,13 @@ def _octave(notes: list[VocalNote], shift: int) -> list[VocalNote]:
 
 
 def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str | None = None,
-           exclude: frozenset[str] = frozenset()) -> np.ndarray:
+           exclude: frozenset[str] = frozenset(), recorded=None) -> np.ndarray:
     """Render the vocals stem (2, length) before stem-level production.
 
     `mode` is "sing", "rap" or "spoken"; None draws it from the style (rap-leaning styles may
     also rap the verses and sing the choruses). No singer has a voice type or vocal model in
-    `exclude`."""
+    `exclude`. `recorded` (a `samples.voices.RecordedVoice`) sings every part of the lead's voice
+    type (lead, doubles, octaves, same-type harmonies); other voice types stay synthesized."""
     seconds = length / sr
     if mode is None:
         mode = "rap" if plan.rap else ("spoken" if rng.random() < 0.04 else "sing")
@@ -264,7 +265,11 @@ def render(rng: np.random.Generator, plan: Plan, sr: int, length: int, mode: str
     out = np.zeros((2, length), dtype=F32)
 
     def add(notes: list[VocalNote], singer: Singer, pan: float, gain: float, speech: bool) -> None:
-        mono = voice.sing(notes, singer, sr, length, speech=speech, breaths=0.7 if not speech else 0.3)
+        breaths = 0.7 if not speech else 0.3
+        if recorded is not None and singer.voice_type == lead_singer.voice_type:
+            mono = recorded.sing(notes, singer, length, speech=speech, breaths=breaths)
+        else:
+            mono = voice.sing(notes, singer, sr, length, speech=speech, breaths=breaths)
         out[:] += dsp.to_stereo(mono * F32(gain), pan)
 
     sung_bars: set[int] | None = None

@@ -66,7 +66,11 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     if bit_depth not in BIT_DEPTHS:
         raise ValueError(f"bit_depth must be one of {', '.join(BIT_DEPTHS)}, got {bit_depth!r}")
     check_options(seconds, samplerate, channels, options.get("styles"), options.get("vocal_modes"),
-                  options.get("exclude", ()))
+                  options.get("exclude", ()), options.get("split", "train"), options.get("sample_share", 0.7))
+    if options.get("samples") is not None:  # a missing folder fails now, not after some songs
+        from stemsplit.synth.samples.library import find_library
+
+        find_library(options["samples"], options.get("split", "train"))
     if options.get("soundfont") is not None:
         from stemsplit.synth import soundfont
 

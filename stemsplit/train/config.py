@@ -69,6 +69,10 @@ class TrainConfig:
     """Validation folder; defaults to <musdb>/valid when that exists."""
     musdb_weight: float = 1.0
     synth_weight: float = 0.0
+    synth_samples: Optional[str] = None
+    """Recorded material for the synthetic songs ("auto" or a folder, see `stemsplit synth --samples`):
+    training excerpts draw from its train split, validation excerpts from its valid split."""
+    synth_sample_share: float = 0.7
     segment: Optional[float] = None
     """Excerpt length in seconds; defaults to the model's segment."""
     batch_size: int = 4
@@ -128,6 +132,7 @@ class TrainConfig:
             (all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
             (self.samplerate > 0 and self.channels > 0, "samplerate and channels must be positive"),
             (min(self.musdb_weight, self.synth_weight) >= 0, "data weights must not be negative"),
+            (0 <= self.synth_sample_share <= 1, "synth_sample_share (--synth-sample-share) must be in [0, 1]"),
             (self.num_workers >= 0, "num_workers (--workers) must not be negative"),
             (self.threads is None or self.threads >= 0, "threads (--threads) must not be negative"),
             (self.valid_excerpts >= 0, "valid_excerpts (--valid-excerpts) must not be negative"),

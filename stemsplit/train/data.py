@@ -51,18 +51,18 @@ class SynthSource:
     """Excerpts rendered on the fly by the synthetic song generator, one new song per excerpt.
 
     Training draws song indices below VALID_FIRST_SONG; validation uses the songs from there on,
-    so the two never share a song.
+    so the two never share a song. `options` go to `render_song` (e.g. samples and split).
     """
 
     VALID_FIRST_SONG = 2**30
 
-    def __init__(self, stems: Sequence[str], samplerate: int, channels: int, frames: int, seed: int):
+    def __init__(self, stems: Sequence[str], samplerate: int, channels: int, frames: int, seed: int, **options):
         from stemsplit.synth import SynthDataset
 
         missing = [s for s in stems if s not in SynthDataset.sources]
         if missing:
             raise DataError(f"synthetic generator: it has no stem {missing[0]!r} (it makes {SynthDataset.sources})")
-        self._songs = SynthDataset(frames / samplerate, 2**31 - 1, seed, samplerate, channels)
+        self._songs = SynthDataset(frames / samplerate, 2**31 - 1, seed, samplerate, channels, **options)
         self._order = [SynthDataset.sources.index(s) for s in stems]
         self.frames = frames
 
@@ -73,6 +73,17 @@ class SynthSource:
         if frames != self.frames:
             raise ValueError(f"this synthetic source renders {self.frames} frames per excerpt, not {frames}")
         return self._songs[index][self._order].numpy()
+
+
+def synth_options(samples: Optional[str], share: float, split: str) -> dict:
+    """`render_song` options for synthetic songs on recorded material of one split ({} without
+    samples); a missing sample folder is a DataError now rather than in a loader worker."""
+    if samples is None:
+        return {}
+    from stemsplit.synth.samples.library import find_library
+
+    find_library(samples, split)
+    return {"samples": samples, "split": split, "sample_share": share}
 
 
 class ExcerptDataset(torch.utils.data.Dataset):

@@ -26,7 +26,8 @@ from stemsplit.train import distributed
 from stemsplit.train.augment import Augmenter
 from stemsplit.train.config import TrainConfig, to_jsonable
 from stemsplit.data.musdb import scan_folder, split_roots
-from stemsplit.train.data import ExcerptDataset, FolderSource, StepSampler, SynthSource, validation_set
+from stemsplit.train.data import (ExcerptDataset, FolderSource, StepSampler, SynthSource, synth_options,
+                                  validation_set)
 from stemsplit.train.ema import EMA
 from stemsplit.train.losses import StemLoss
 from stemsplit.train.model import build_model, freeze_encoder, param_groups
@@ -68,9 +69,12 @@ class _Data:
         self.collate = Augmenter(cfg.augment, stems, rate, frames, cfg.seed)
         synth_valid = None
         if cfg.synth_weight > 0:
-            sources.append(SynthSource(stems, rate, channels, self.collate.input_frames, cfg.seed))
+            # With recorded samples, validation songs use material training never hears.
+            sources.append(SynthSource(stems, rate, channels, self.collate.input_frames, cfg.seed,
+                                       **synth_options(cfg.synth_samples, cfg.synth_sample_share, "train")))
             weights.append(cfg.synth_weight)
-            synth_valid = SynthSource(stems, rate, channels, frames, cfg.seed)
+            synth_valid = SynthSource(stems, rate, channels, frames, cfg.seed,
+                                      **synth_options(cfg.synth_samples, cfg.synth_sample_share, "valid"))
         self.dataset = ExcerptDataset(sources, weights, self.collate.input_frames, cfg.seed)
         crop = Augmenter(cfg.augment, stems, rate, frames, cfg.seed, train=False)
         excerpts = validation_set(folder_valid, synth_valid, cfg.valid_excerpts, frames)
