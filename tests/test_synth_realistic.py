@@ -96,6 +96,11 @@ def test_reserved_material_is_refused_everywhere(lib_root, tmp_path):
                  "/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/en", "x/fluid-soundfont-gm/a.sf2"):
         assert is_reserved(path), path
     assert not is_reserved("/usr/share/hydrogen/data/drumkits/GMRockKit/drumkit.xml")
+    hidden = tmp_path / "pingus" / "yipee.wav"  # a link with an innocent name into a reserved package
+    hidden.parent.mkdir()
+    hidden.write_bytes(b"RIFF")
+    (tmp_path / "default.wav").symlink_to(hidden)
+    assert is_reserved(tmp_path / "default.wav")
     found = [library.find_library(lib_root, s) for s in library.SPLITS]
     listed = [str(p) for lib in found
               for p in (*(k.path for k in lib.kits), *lib.soundfonts, *(f for v in lib.voices for f in v.files))]

@@ -6,6 +6,7 @@ sample libraries) asks `is_reserved` before listing a path. It must not scan fol
 """
 from __future__ import annotations
 
+import os
 from pathlib import PurePath
 
 # Debian packages kept out of every training and validation set.
@@ -26,6 +27,10 @@ RESERVED_PATH_PARTS = (
 
 
 def is_reserved(path: str | PurePath) -> bool:
-    """True when `path` (file or folder) belongs to reserved evaluation material."""
-    text = "/" + PurePath(path).as_posix().lower()
-    return any(part in text for part in RESERVED_PATH_PARTS)
+    """True when `path` (file or folder), or what it links to, belongs to reserved evaluation
+    material: an innocent name can be a link into a reserved package (Debian's default-GM.sf2)."""
+    for name in (path, os.path.realpath(path)):
+        text = "/" + PurePath(name).as_posix().lower()
+        if any(part in text for part in RESERVED_PATH_PARTS):
+            return True
+    return False
