@@ -116,5 +116,5 @@ def master(rng: np.random.Generator, stems: dict[str, np.ndarray], sr: int, styl
     # Drive into the limiter as a mastering engineer would: peaks pushed a few dB past the ceiling.
     peak = float(np.max(np.abs(mix_of(stems)))) or 1.0
     drive = rng.uniform(4.0, 10.0) if style in ("metal", "electronic", "trap") else rng.uniform(2.0, 7.0)
-    stems = {k: (v * F32(10 ** (drive / 20) / peak)).astype(F32) for k, v in stems.items()}
+    stems = {k: (v * F32(dsp.db(drive) / peak)).astype(F32) for k, v in stems.items()}
     return limit(stems, sr, 1.0)
