@@ -294,3 +294,22 @@ def test_world_size_without_rank_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ConfigError, match="RANK is not set"):
         distributed.setup("cpu")
+
+
+def test_widen_starts_from_the_init_model_with_more_channels(tmp_path):
+    from stemsplit.models.checkpoint import load_checkpoint, save_checkpoint
+    from stemsplit.nn.hdemucs import HDemucs
+
+    root = write_musdb(tmp_path / "db", train=2, valid=1, seconds=0.5)
+    small = HDemucs(sources=["drums", "bass", "other", "vocals"], channels=4, depth=2, nfft=256,
+                    dconv_lstm=9, dconv_attn=9, samplerate=RATE, segment=0.25)
+    save_checkpoint(small, tmp_path / "small.safetensors")
+    cfg = _config(tmp_path / "a", musdb=root, steps=2, init=str(tmp_path / "small.safetensors"), widen=8)
+    wide = load_checkpoint(train(cfg).parent / "last.safetensors")
+    assert wide.init_kwargs["channels"] == 8
+    assert wide.encoder[0].conv.weight.shape[0] == 8
+    with pytest.raises(ConfigError, match="--widen needs --init"):
+        _config(tmp_path / "b", musdb=root, widen=8)
+    with pytest.raises(ConfigError, match="only an HDemucs"):
+        demucs = train(_config(tmp_path / "c", musdb=root, steps=1))
+        train(_config(tmp_path / "d", musdb=root, steps=1, init=str(demucs.parent / "last.safetensors"), widen=16))

@@ -18,6 +18,7 @@ def train(
     arch: Optional[str] = typer.Option(None, "--arch", help="Demucs, HDemucs or HTDemucs."),
     kw: List[str] = typer.Option([], "--kw", help="Model kwarg KEY=VALUE (YAML value), repeatable: --kw channels=32."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune from this model (name or file)."),
+    widen: Optional[int] = typer.Option(None, "--widen", help="Start from --init (an HDemucs) widened to this many channels."),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--no-freeze-encoder"),
     musdb: Optional[str] = typer.Option(None, "--musdb", help="MUSDB-style root (train/, valid/) or a folder of tracks."),
     valid: Optional[str] = typer.Option(None, "--valid", help="Validation folder of tracks."),
@@ -75,7 +76,7 @@ def train(
 
         aug = mapping("augment")
         flags = {
-            "out_dir": out, "architecture": arch, "init": init, "freeze_encoder": freeze_encoder, "musdb": musdb,
+            "out_dir": out, "architecture": arch, "init": init, "widen": widen, "freeze_encoder": freeze_encoder, "musdb": musdb,
             "valid": valid, "musdb_weight": musdb_weight, "synth_weight": synth_weight, "segment": segment,
             "synth_samples": synth_samples, "synth_sample_share": synth_sample_share,
             "batch_size": batch_size, "num_workers": workers, "valid_excerpts": valid_excerpts, "steps": steps,

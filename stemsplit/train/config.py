@@ -58,6 +58,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init: Optional[str] = None
     """Start from this loadable model (name or file) instead of random weights."""
+    widen: Optional[int] = None
+    """With `init` (an HDemucs): start from it widened to this many first-layer channels."""
     freeze_encoder: bool = False
     sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
     samplerate: int = 44100
@@ -129,6 +131,8 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"ema decay {self.ema_decay}: expected 0 (off) or a value in (0, 1)"),
             (self.segment is None or self.segment > 0, "segment (--segment) must be a positive number of seconds"),
             (self.lr > 0, "lr (--lr) must be positive"),
+            (self.widen is None or (self.init is not None and self.widen > 0),
+             "--widen needs --init (the model to widen) and a positive channel count"),
             (all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
             (self.samplerate > 0 and self.channels > 0, "samplerate and channels must be positive"),
             (min(self.musdb_weight, self.synth_weight) >= 0, "data weights must not be negative"),

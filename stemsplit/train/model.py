@@ -1,5 +1,5 @@
-"""The model a training run optimises: built from the config or loaded with `init`, its frozen
-encoder, and its optimiser parameter groups.
+"""The model a training run optimises: built from the config or loaded with `init` (and widened),
+its frozen encoder, and its optimiser parameter groups.
 
 Must not: run steps, read data or write files (trainer.py does).
 """
@@ -25,6 +25,13 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         model = load_model(cfg.init)
         if is_bag(model):
             raise ModelError(f"{cfg.init}: a bag of models cannot be fine-tuned; pick one of its members")
+        if cfg.widen is not None:
+            from stemsplit.nn.widen import widen_hdemucs
+
+            try:
+                model = widen_hdemucs(model, cfg.widen)
+            except ValueError as exc:
+                raise ConfigError(f"--widen {cfg.widen}: {cfg.init}: {exc}") from None
         return model
     from stemsplit.models.checkpoint import build_model as build
 

@@ -42,7 +42,7 @@ RUN_FILES = ("state.pt", "last.safetensors", "best.safetensors")
 STATE_KEYS = ("step", "best", "model", "optimizer", "schedule", "ema", "rng")
 """The keys every state written by `_train` holds (and "config" since it is compared on resume)."""
 
-FIXED_ON_RESUME = ("architecture", "model_kwargs", "init", "sources", "samplerate", "channels", "freeze_encoder",
+FIXED_ON_RESUME = ("architecture", "model_kwargs", "init", "widen", "sources", "samplerate", "channels", "freeze_encoder",
                    "ema_decay")
 """Settings that shape the model, its optimiser state or its averaged weights: a resumed run must keep
 them. Everything else (steps, lr and schedule, data, augmentation, loss, runtime) may change."""
