@@ -248,6 +248,31 @@ def test_a_server_that_never_answers_falls_back_within_the_connect_timeout(song,
     _assert_fell_back(result, tmp_path, cache, "(no answer within 1 s)")
 
 
+def test_a_name_lookup_that_never_answers_falls_back_within_the_connect_timeout(cache, monkeypatch):
+    import socket
+    import threading
+
+    release = threading.Event()
+    real_lookup = socket.getaddrinfo
+
+    def hung_resolver(host, *args, **kwargs):
+        if host == "hung-resolver.invalid":
+            release.wait(30)  # a resolver whose packets vanish
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung_resolver)
+    for key, value in _env(cache, "http://hung-resolver.invalid/", STEMSPLIT_CONNECT_TIMEOUT="0.5").items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    try:
+        choice = resolve.resolve_default()
+    finally:
+        release.set()
+    assert time.monotonic() - started < 0.5 + 1.0
+    assert choice.fallback and choice.name == DEFAULT_MODEL
+    assert choice.reason == "htdemucs could not be downloaded (looking up hung-resolver.invalid took more than 0.5 s)"
+
+
 def test_the_default_connect_timeout_is_a_few_seconds(monkeypatch):
     monkeypatch.delenv(download.CONNECT_TIMEOUT_ENV, raising=False)
     assert download.connect_timeout() == 3.0

@@ -17,6 +17,8 @@ import errno
 import hashlib
 import os
 import re
+import socket
+import threading
 import urllib.error
 import urllib.request
 from http.client import HTTPException
@@ -116,9 +118,36 @@ def _cache_write_error(file: RemoteFile, folder: Path, exc: OSError) -> Download
     )
 
 
+def _bounded_lookup(host: str, port: int, timeout: object) -> None:
+    """Resolve `host` in a helper thread, raising OSError when that takes over `timeout` seconds.
+
+    Socket timeouts do not cover the name lookup: a resolver that never answers would otherwise
+    hang the run for as long as the system's resolver retries (often tens of seconds).
+    """
+    if not isinstance(timeout, (int, float)):  # http.client's "no timeout" sentinel
+        return
+    result: list = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=lookup, name="stemsplit-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise OSError(f"looking up {host} took more than {timeout:g} s")
+    if result[0] is not None:
+        raise result[0]
+
+
 class _BodyTimeout:
-    """A handler mixin: the request's own timeout bounds the connection and the wait for the
-    response's headers; then the socket waits up to `body` seconds for each read of the body."""
+    """A handler mixin: the request's own timeout bounds the name lookup, the connection and the
+    wait for the response's headers; then the socket waits up to `body` seconds for each read of
+    the body."""
 
     body = READ_TIMEOUT
 
@@ -126,6 +155,10 @@ class _BodyTimeout:
         body = self.body
 
         class Connection(http_class):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                _bounded_lookup(self.host, self.port, self.timeout)
+                super().connect()
+
             def getresponse(self, *args, **kw):  # type: ignore[no-untyped-def]
                 response = super().getresponse(*args, **kw)
                 if self.sock is not None:
