@@ -246,9 +246,12 @@ def test_cli_train_refuses_a_config_section_that_is_not_a_mapping(tmp_path):
         assert result.stderr.startswith("error:") and "must be a mapping" in result.stderr
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, workers):
     """SIGTERM (preemption, docker stop) killed the run outright: one landing in a checkpoint write left
-    its hidden .part file behind. It now unwinds like Ctrl-C (exit 130), through the writers' cleanup."""
+    its hidden .part file behind. It now unwinds like Ctrl-C (exit 130), through the writers' cleanup.
+    With data workers the signal goes to the whole process group (a scheduler's cancel, `kill -- -PGID`):
+    a worker killed by it made the main process print a traceback on its way out."""
     import signal
     import time
 
@@ -258,12 +261,12 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "stemsplit", "train", "--musdb", str(write_musdb(tmp_path / "db", train=2, valid=0)),
          "--out", str(out), "--arch", "Demucs", *TINY_FLAGS, "--segment", "0.25", "--batch-size", "2",
-         "--steps", "100000", "--checkpoint-every", "1", "--threads", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--steps", "100000", "--checkpoint-every", "1", "--threads", "1", "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     while not (out / "state.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, (process.returncode, stderr)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.safetensors", "log.jsonl", "state.pt"]

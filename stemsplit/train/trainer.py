@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -98,6 +100,13 @@ class _Log:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _leave_quietly_on_sigterm(worker: int) -> None:
+    """In a data worker: exit cleanly on SIGTERM. A process-group kill (a scheduler's cancel) also
+    reaches the main process, which stops the run itself; a worker dying of the signal made the
+    main process raise in its cleanup (a traceback, and a checkpoint's .part file left behind)."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -284,7 +293,7 @@ def _train(cfg: TrainConfig, progress: Optional[Progress], dist: distributed.Dis
     loader = torch.utils.data.DataLoader(
         data.dataset, batch_size=cfg.batch_size, sampler=StepSampler(start, cfg.steps, cfg.batch_size, dist.rank, dist.world),
         collate_fn=data.collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=_leave_quietly_on_sigterm,
         # its own generator: starting an iterator draws a seed, which from the global generator would
         # shift every later dropout mask of a resumed run (restored before that draw) by one number
         generator=torch.Generator().manual_seed(cfg.seed))
