@@ -127,12 +127,7 @@ def _encoder_rules(rules: dict[str, Rule], prefix: str, layer: HybridEncoderLaye
     if layer.empty:
         return
     _norm_rules(rules, prefix + "norm1", layer.norm1, outputs)
-    if layer.rewrite is not None:
-        rules[prefix + "rewrite.weight"] = _copy(outputs.repeat(2), outputs)
-        rules[prefix + "rewrite.bias"] = _copy(outputs.repeat(2))
-        _norm_rules(rules, prefix + "norm2", layer.norm2, outputs.repeat(2))
-    if layer.dconv is not None:
-        _dconv_rules(rules, prefix + "dconv.", layer.dconv, new_layer.dconv, outputs)
+    _rewrite_and_dconv_rules(rules, prefix, layer, new_layer, outputs, "norm2")
 
 
 def _decoder_rules(rules: dict[str, Rule], prefix: str, layer: HybridDecoderLayer, new_layer: nn.Module,
@@ -143,12 +138,19 @@ def _decoder_rules(rules: dict[str, Rule], prefix: str, layer: HybridDecoderLaye
     _norm_rules(rules, prefix + "norm2", layer.norm2, outputs)
     if layer.empty:
         return
+    _rewrite_and_dconv_rules(rules, prefix, layer, new_layer, inputs, "norm1")
+
+
+def _rewrite_and_dconv_rules(rules: dict[str, Rule], prefix: str, layer: nn.Module, new_layer: nn.Module,
+                             channels: Axis, rewrite_norm: str) -> None:
+    """The GLU rewrite conv (and its norm, named `rewrite_norm`) and the DConv branch of a layer
+    working at `channels`; encoder and decoder layers name the norm differently."""
     if layer.rewrite is not None:
-        rules[prefix + "rewrite.weight"] = _copy(inputs.repeat(2), inputs)
-        rules[prefix + "rewrite.bias"] = _copy(inputs.repeat(2))
-        _norm_rules(rules, prefix + "norm1", layer.norm1, inputs.repeat(2))
+        rules[prefix + "rewrite.weight"] = _copy(channels.repeat(2), channels)
+        rules[prefix + "rewrite.bias"] = _copy(channels.repeat(2))
+        _norm_rules(rules, prefix + rewrite_norm, getattr(layer, rewrite_norm), channels.repeat(2))
     if layer.dconv is not None:
-        _dconv_rules(rules, prefix + "dconv.", layer.dconv, new_layer.dconv, inputs)
+        _dconv_rules(rules, prefix + "dconv.", layer.dconv, new_layer.dconv, channels)
 
 
 def _norm_rules(rules: dict[str, Rule], prefix: str, norm: nn.Module, axis: Axis) -> None:
