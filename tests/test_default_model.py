@@ -273,6 +273,38 @@ def test_a_name_lookup_that_never_answers_falls_back_within_the_connect_timeout(
     assert choice.reason == "htdemucs could not be downloaded (looking up hung-resolver.invalid took more than 0.5 s)"
 
 
+def test_the_name_is_looked_up_once_so_a_resolver_that_hangs_on_the_repeat_cannot_stall(
+        monkeypatch, cache, patched, server, standin):
+    import socket
+    import threading
+
+    release = threading.Event()
+    real_lookup = socket.getaddrinfo
+    lookups = []
+
+    def answers_once(host, port, *args, **kwargs):
+        if host != "answers-once.invalid":
+            return real_lookup(host, port, *args, **kwargs)
+        lookups.append(host)
+        if len(lookups) > 1:
+            release.wait(30)  # the repeat vanishes
+        return real_lookup("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", answers_once)
+    server.files[patched.path] = standin[1]
+    root = f"http://answers-once.invalid:{server.server_address[1]}/"
+    for key, value in _env(cache, root, STEMSPLIT_CONNECT_TIMEOUT="0.5").items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    try:
+        choice = resolve.resolve_default()
+    finally:
+        release.set()
+    assert (choice.name, choice.fallback) == ("htdemucs", False), choice.reason
+    assert lookups == ["answers-once.invalid"] and time.monotonic() - started < 5
+    assert (cache / patched.name).is_file()
+
+
 def test_the_default_connect_timeout_is_a_few_seconds(monkeypatch):
     monkeypatch.delenv(download.CONNECT_TIMEOUT_ENV, raising=False)
     assert download.connect_timeout() == 3.0

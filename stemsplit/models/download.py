@@ -118,20 +118,20 @@ def _cache_write_error(file: RemoteFile, folder: Path, exc: OSError) -> Download
     )
 
 
-def _bounded_lookup(host: str, port: int, timeout: object) -> None:
-    """Resolve `host` in a helper thread, raising OSError when that takes over `timeout` seconds.
+def _bounded_lookup(host: str, port: int, timeout: object) -> Optional[list]:
+    """getaddrinfo's answer for `host`, looked up in a helper thread; OSError when that takes over
+    `timeout` seconds, None when there is no timeout to keep.
 
     Socket timeouts do not cover the name lookup: a resolver that never answers would otherwise
     hang the run for as long as the system's resolver retries (often tens of seconds).
     """
     if not isinstance(timeout, (int, float)):  # http.client's "no timeout" sentinel
-        return
+        return None
     result: list = []
 
     def lookup() -> None:
         try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            result.append(None)
+            result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             result.append(exc)
 
@@ -140,8 +140,29 @@ def _bounded_lookup(host: str, port: int, timeout: object) -> None:
     thread.join(timeout)
     if not result:
         raise OSError(f"looking up {host} took more than {timeout:g} s")
-    if result[0] is not None:
+    if isinstance(result[0], OSError):
         raise result[0]
+    return result[0]
+
+
+def _connect_any(addresses: list, timeout: object, source_address: object = None) -> socket.socket:
+    """A socket connected to the first of `addresses` (getaddrinfo's answer) that accepts.
+
+    socket.create_connection would look the name up again, and that second lookup has no bound.
+    """
+    failure: Optional[OSError] = None
+    for family, kind, proto, _, sockaddr in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)  # type: ignore[arg-type]
+            if source_address:
+                sock.bind(source_address)  # type: ignore[arg-type]
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = exc
+    raise failure or OSError("the name lookup returned no address")
 
 
 class _BodyTimeout:
@@ -156,7 +177,12 @@ class _BodyTimeout:
 
         class Connection(http_class):  # type: ignore[misc, valid-type]
             def connect(self) -> None:
-                _bounded_lookup(self.host, self.port, self.timeout)
+                addresses = _bounded_lookup(self.host, self.port, self.timeout)
+                if addresses is not None:
+                    # http.client connects through this per-connection hook; handing it the
+                    # answer in hand keeps the name from being looked up a second time
+                    self._create_connection = lambda _address, timeout, source=None: _connect_any(
+                        addresses, timeout, source)
                 super().connect()
 
             def getresponse(self, *args, **kw):  # type: ignore[no-untyped-def]
