@@ -248,60 +248,55 @@ def test_a_server_that_never_answers_falls_back_within_the_connect_timeout(song,
     _assert_fell_back(result, tmp_path, cache, "(no answer within 1 s)")
 
 
-def test_a_name_lookup_that_never_answers_falls_back_within_the_connect_timeout(cache, monkeypatch):
+def _resolve_with_lookup(monkeypatch, cache, root, answer):
+    """resolve_default() with the connect timeout at 0.5 s and every name lookup going through
+    `answer(host, release)`, which returns the name to look up really and may wait on `release`
+    (set when the call returns): (choice, seconds taken)."""
     import socket
     import threading
 
     release = threading.Event()
     real_lookup = socket.getaddrinfo
-
-    def hung_resolver(host, *args, **kwargs):
-        if host == "hung-resolver.invalid":
-            release.wait(30)  # a resolver whose packets vanish
-        return real_lookup(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", hung_resolver)
-    for key, value in _env(cache, "http://hung-resolver.invalid/", STEMSPLIT_CONNECT_TIMEOUT="0.5").items():
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *args, **kwargs: real_lookup(answer(host, release), *args, **kwargs))
+    for key, value in _env(cache, root, STEMSPLIT_CONNECT_TIMEOUT="0.5").items():
         monkeypatch.setenv(key, value)
     started = time.monotonic()
     try:
-        choice = resolve.resolve_default()
+        return resolve.resolve_default(), time.monotonic() - started
     finally:
         release.set()
-    assert time.monotonic() - started < 0.5 + 1.0
+
+
+def test_a_name_lookup_that_never_answers_falls_back_within_the_connect_timeout(cache, monkeypatch):
+    def hung(host, release):
+        if host == "hung-resolver.invalid":
+            release.wait(30)  # a resolver whose packets vanish
+        return host
+
+    choice, seconds = _resolve_with_lookup(monkeypatch, cache, "http://hung-resolver.invalid/", hung)
+    assert seconds < 0.5 + 1.0
     assert choice.fallback and choice.name == DEFAULT_MODEL
     assert choice.reason == "htdemucs could not be downloaded (looking up hung-resolver.invalid took more than 0.5 s)"
 
 
 def test_the_name_is_looked_up_once_so_a_resolver_that_hangs_on_the_repeat_cannot_stall(
         monkeypatch, cache, patched, server, standin):
-    import socket
-    import threading
-
-    release = threading.Event()
-    real_lookup = socket.getaddrinfo
     lookups = []
 
-    def answers_once(host, port, *args, **kwargs):
+    def answers_once(host, release):
         if host != "answers-once.invalid":
-            return real_lookup(host, port, *args, **kwargs)
+            return host
         lookups.append(host)
         if len(lookups) > 1:
             release.wait(30)  # the repeat vanishes
-        return real_lookup("127.0.0.1", port, *args, **kwargs)
+        return "127.0.0.1"
 
-    monkeypatch.setattr(socket, "getaddrinfo", answers_once)
     server.files[patched.path] = standin[1]
     root = f"http://answers-once.invalid:{server.server_address[1]}/"
-    for key, value in _env(cache, root, STEMSPLIT_CONNECT_TIMEOUT="0.5").items():
-        monkeypatch.setenv(key, value)
-    started = time.monotonic()
-    try:
-        choice = resolve.resolve_default()
-    finally:
-        release.set()
+    choice, seconds = _resolve_with_lookup(monkeypatch, cache, root, answers_once)
     assert (choice.name, choice.fallback) == ("htdemucs", False), choice.reason
-    assert lookups == ["answers-once.invalid"] and time.monotonic() - started < 5
+    assert lookups == ["answers-once.invalid"] and seconds < 5
     assert (cache / patched.name).is_file()
 
 
