@@ -115,7 +115,8 @@ def test_auto_precision_is_bf16_only_where_native_and_only_for_families_that_hol
 
 def test_the_bf16_quality_gate_holds_for_the_embedded_model_at_small_size():
     """auto picks bf16 for HDemucs (the embedded model) and HTDemucs: worst stem >= 40 dB SNR from
-    fp32. Pinned on one second of a generated song; benchmarks/precision_gate.py measures more."""
+    fp32. Pinned on one second of a generated song; benchmarks/RESULTS.md ("fp32 against the default
+    precision") measures whole evaluation sets."""
     from stemsplit.models.resolve import load_model
     from stemsplit.synth.song import render_song
 
