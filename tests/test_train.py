@@ -149,7 +149,7 @@ def test_cli_train_with_yaml_config(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "stemsplit", "train", "--config", str(config), "--musdb", str(root), "--out", str(out),
-         "--steps", "2", "--checkpoint-every", "1", "--threads", "1", "--no-remix"],
+         "--steps", "2", "--checkpoint-every", "1", "--threads", "1", "--no-remix", "--no-valid-synth"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "best checkpoint" in result.stdout
@@ -163,6 +163,26 @@ def test_cli_train_with_yaml_config(tmp_path):
     assert blocked.stderr.startswith("error:") and "config.json" in blocked.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["steps"] == 2 and saved["augment"]["remix"] is False and saved["augment"]["pitch"] == 1
+    assert saved["valid_synth"] is False
+
+
+def test_no_valid_synth_validates_on_the_folder_alone(tmp_path):
+    from stemsplit.train.model import build_model
+    from stemsplit.train.trainer import _Data
+
+    root = write_musdb(tmp_path / "db", train=2, valid=2, seconds=0.5)
+
+    def valid_set(**overrides):
+        cfg = _config(tmp_path, musdb=root, valid_excerpts=4, **overrides)
+        return _Data(cfg, build_model(cfg), int(0.25 * RATE)).valid
+
+    def same(a, b):
+        return len(a) == len(b) and all(torch.equal(x[1], y[1]) for x, y in zip(a, b))  # (mixture, stems)
+
+    folder_only = valid_set(synth_weight=0.0)
+    assert len(folder_only) == 4
+    assert not same(valid_set(synth_weight=0.5), folder_only)  # half of them on-the-fly songs
+    assert same(valid_set(synth_weight=0.5, valid_synth=False), folder_only)
 
 
 

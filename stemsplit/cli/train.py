@@ -33,6 +33,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (0: main process)."),
     valid_excerpts: Optional[int] = typer.Option(None, "--valid-excerpts"),
+    valid_synth: Optional[bool] = typer.Option(
+        None, "--valid-synth/--no-valid-synth", help="With --synth-weight: also validate on on-the-fly songs "
+        "(default), or on the validation folder alone."),
     steps: Optional[int] = typer.Option(None, "--steps"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
@@ -79,8 +82,8 @@ def train(
             "out_dir": out, "architecture": arch, "init": init, "widen": widen, "freeze_encoder": freeze_encoder, "musdb": musdb,
             "valid": valid, "musdb_weight": musdb_weight, "synth_weight": synth_weight, "segment": segment,
             "synth_samples": synth_samples, "synth_sample_share": synth_sample_share,
-            "batch_size": batch_size, "num_workers": workers, "valid_excerpts": valid_excerpts, "steps": steps,
-            "lr": lr, "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup,
+            "batch_size": batch_size, "num_workers": workers, "valid_excerpts": valid_excerpts, "valid_synth": valid_synth,
+            "steps": steps, "lr": lr, "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup,
             "clip_grad": clip_grad, "ema_decay": ema, "loss": loss, "stft_weight": stft_weight, "device": device,
             "precision": precision, "threads": threads, "seed": seed, "checkpoint_every": checkpoint_every,
             "valid_every": valid_every, "resume": resume,

@@ -80,6 +80,9 @@ class TrainConfig:
     batch_size: int = 4
     num_workers: int = 0
     valid_excerpts: int = 16
+    valid_synth: bool = True
+    """With synth_weight > 0, half the validation excerpts are on-the-fly songs (the generator's
+    valid split); False keeps validation on the --valid / musdb folder alone."""
     # optimisation
     steps: int = 1000
     lr: float = 3e-4

@@ -79,6 +79,8 @@ class _Data:
                                       **synth_options(cfg.synth_samples, cfg.synth_sample_share, "valid"))
         self.dataset = ExcerptDataset(sources, weights, self.collate.input_frames, cfg.seed)
         crop = Augmenter(cfg.augment, stems, rate, frames, cfg.seed, train=False)
+        if folder_valid is not None and not cfg.valid_synth:
+            synth_valid = None
         excerpts = validation_set(folder_valid, synth_valid, cfg.valid_excerpts, frames)
         self.valid = [crop([(0, e)]) for e in excerpts]
 
