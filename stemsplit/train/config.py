@@ -82,7 +82,7 @@ class TrainConfig:
     valid_excerpts: int = 16
     valid_synth: bool = True
     """With synth_weight > 0, half the validation excerpts are on-the-fly songs (the generator's
-    valid split); False keeps validation on the --valid / musdb folder alone."""
+    valid split); False keeps validation on the --valid / musdb folder alone, where there is one."""
     # optimisation
     steps: int = 1000
     lr: float = 3e-4

@@ -75,12 +75,11 @@ class _Data:
             sources.append(SynthSource(stems, rate, channels, self.collate.input_frames, cfg.seed,
                                        **synth_options(cfg.synth_samples, cfg.synth_sample_share, "train")))
             weights.append(cfg.synth_weight)
-            synth_valid = SynthSource(stems, rate, channels, frames, cfg.seed,
-                                      **synth_options(cfg.synth_samples, cfg.synth_sample_share, "valid"))
+            if cfg.valid_synth or folder_valid is None:  # without a folder, the songs are all there is
+                synth_valid = SynthSource(stems, rate, channels, frames, cfg.seed,
+                                          **synth_options(cfg.synth_samples, cfg.synth_sample_share, "valid"))
         self.dataset = ExcerptDataset(sources, weights, self.collate.input_frames, cfg.seed)
         crop = Augmenter(cfg.augment, stems, rate, frames, cfg.seed, train=False)
-        if folder_valid is not None and not cfg.valid_synth:
-            synth_valid = None
         excerpts = validation_set(folder_valid, synth_valid, cfg.valid_excerpts, frames)
         self.valid = [crop([(0, e)]) for e in excerpts]
 
