@@ -106,6 +106,10 @@ def train(
 
     from stemsplit.train.trainer import train as run_training
 
+    if cfg.precision == "bf16" and _bf16_emulated(cfg.device) and os.environ.get("RANK", "0") == "0":
+        typer.echo("warning: --precision bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 there, "
+                   "so training runs several times slower than with --precision fp32", err=True)
+
     try:
         best = run_training(cfg, progress=_TrainProgress())
     except ConfigError as exc:
@@ -118,6 +122,19 @@ def train(
         from rich.console import Console
 
         Console().print(f"best checkpoint: {best}", highlight=False)
+
+
+def _bf16_emulated(device: str) -> bool:
+    """True when `device` resolves to a CPU that has no bf16 instructions (an unusable device is the
+    trainer's error to word, not this check's)."""
+    from stemsplit.engine.separator import resolve_device
+    from stemsplit.errors import StemsplitError
+    from stemsplit.runtime import cpu_has_native_bf16
+
+    try:
+        return resolve_device(device).type == "cpu" and not cpu_has_native_bf16()
+    except StemsplitError:
+        return False
 
 
 class _TrainProgress:
