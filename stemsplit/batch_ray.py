@@ -38,12 +38,15 @@ TRIES = 2  # a track whose actor dies is retried once: a second death is taken t
 
 def pool_size(resources: Mapping[str, float], device: str = "auto", workers: Optional[int] = None,
               cpus_per_worker: Optional[float] = None,
-              gpus_per_worker: Optional[float] = None) -> tuple[int, float, float]:
+              gpus_per_worker: Optional[float] = None,
+              node_cpus: Optional[float] = None) -> tuple[int, float, float]:
     """`(actors, CPUs each, GPUs each)` for a cluster with `resources` (`ray.cluster_resources()`).
 
     Unset values default to one actor per GPU (with up to 4 of the CPUs each) where the cluster
     has GPUs and `device` is not `cpu`; else to actors of up to 4 CPUs (torch threads) each, as
     many as the CPUs hold: a few threads per network use a CPU better than one process per core.
+    An actor runs on one node: no default share exceeds `node_cpus`, the most CPUs one node has
+    (else nodes smaller than the share leave the actors pending for ever).
     """
     for name, value in (("cpus_per_worker", cpus_per_worker), ("gpus_per_worker", gpus_per_worker)):
         if value is not None and not value >= 0:  # (NaN too)
@@ -51,13 +54,14 @@ def pool_size(resources: Mapping[str, float], device: str = "auto", workers: Opt
     if workers is not None and workers < 1:
         raise SettingsError("workers", f"must be >= 1, got {workers}")
     cpus, gpus = int(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    largest = cpus if node_cpus is None else min(cpus, int(node_cpus))
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus >= 1 and str(device).strip().lower() != "cpu" else 0.0
     if workers is None:
-        workers = int(gpus // gpus_per_worker if gpus_per_worker else cpus // (cpus_per_worker or min(4, cpus) or 1))
+        workers = int(gpus // gpus_per_worker if gpus_per_worker else cpus // (cpus_per_worker or min(4, largest) or 1))
     workers = max(1, workers)
     if cpus_per_worker is None:  # the CPUs shared out, so that every actor of the pool fits at once
-        cpus_per_worker = float(max(1, min(4, cpus // workers)))
+        cpus_per_worker = float(max(1, min(4, largest, cpus // workers)))
     return workers, cpus_per_worker, gpus_per_worker
 
 
@@ -295,7 +299,9 @@ def separate_batch_ray(
     connected = _connect(ray, address)
     pool: Optional[_Pool] = None
     try:
-        size, cpus, gpus = pool_size(ray.cluster_resources(), device, workers, cpus_per_worker, gpus_per_worker)
+        node_cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=None)
+        size, cpus, gpus = pool_size(ray.cluster_resources(), device, workers, cpus_per_worker, gpus_per_worker,
+                                     node_cpus)
         settings = dict(device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                         batch_size=batch_size, precision=precision)
         # restarts are the pool's business (a fresh actor, the track retried once), not Ray's

@@ -199,6 +199,11 @@ def test_pool_size_defaults_to_one_actor_per_gpu_else_threaded_cpu_actors():
     assert pool_size({"CPU": 2}, cpus_per_worker=1) == (2, 1.0, 0.0)
     assert pool_size({"CPU": 8, "GPU": 2}, gpus_per_worker=0.5) == (4, 2.0, 0.5)
     assert pool_size({"CPU": 8}, workers=3) == (3, 2.0, 0.0)
+    # no actor bigger than the biggest node: four 2-CPU nodes, or two of 1 CPU (test_ray_cluster.py)
+    assert pool_size({"CPU": 8}, node_cpus=2) == (4, 2.0, 0.0)
+    assert pool_size({"CPU": 8}, workers=1, node_cpus=2) == (1, 2.0, 0.0)
+    assert pool_size({"CPU": 2}, node_cpus=1) == (2, 1.0, 0.0)
+    assert pool_size({"CPU": 16}, node_cpus=64) == pool_size({"CPU": 16})
     for bad in (dict(workers=0), dict(cpus_per_worker=-1), dict(gpus_per_worker=float("nan"))):
         with pytest.raises(SettingsError):
             pool_size({"CPU": 8}, **bad)
