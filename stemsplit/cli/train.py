@@ -106,7 +106,8 @@ def train(
 
     from stemsplit.train.trainer import train as run_training
 
-    if cfg.precision == "bf16" and _bf16_emulated(cfg.device) and os.environ.get("RANK", "0") == "0":
+    reports = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if reports and cfg.precision == "bf16" and _bf16_emulated(cfg.device):
         typer.echo("warning: --precision bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 there, "
                    "so training runs several times slower than with --precision fp32", err=True)
 
@@ -118,7 +119,7 @@ def train(
         raise _fail(exc, 1) from None
     except OSError as exc:  # the run folder cannot be written (config, log, states): say where, not a traceback
         raise _fail(f"{exc.filename or cfg.out_dir}: {exc.strerror or exc}", 1) from None
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+    if reports:
         from rich.console import Console
 
         Console().print(f"best checkpoint: {best}", highlight=False)
@@ -127,12 +128,12 @@ def train(
 def _bf16_emulated(device: str) -> bool:
     """True when `device` resolves to a CPU that has no bf16 instructions (an unusable device is the
     trainer's error to word, not this check's)."""
-    from stemsplit.engine.separator import resolve_device
+    from stemsplit.engine.separator import native_bf16, resolve_device
     from stemsplit.errors import StemsplitError
-    from stemsplit.runtime import cpu_has_native_bf16
 
     try:
-        return resolve_device(device).type == "cpu" and not cpu_has_native_bf16()
+        resolved = resolve_device(device)
+        return resolved.type == "cpu" and not native_bf16(resolved)
     except StemsplitError:
         return False
 

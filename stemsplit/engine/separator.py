@@ -80,19 +80,23 @@ def resolve_device(spec: Union[str, torch.device]) -> torch.device:
 BF16_FAMILIES = ("HDemucs", "HTDemucs")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (a bf16 CUDA device, a CPU with AVX512-BF16/AMX);
+    elsewhere bf16 is emulated, several times slower than fp32."""
+    from stemsplit.runtime import cpu_has_native_bf16
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
     """`auto` -> `bf16` where `device` computes it natively and every member of `model` is of a
     family that holds quality in it, else `fp32`; any other precision is returned as it is."""
     if precision != "auto":
         return precision
-    from stemsplit.runtime import cpu_has_native_bf16
-
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = device.type == "cpu" and cpu_has_native_bf16()
     families_hold = all(type(member).__name__ in BF16_FAMILIES for member in plan.members(model))
-    return "bf16" if native and families_hold else "fp32"
+    return "bf16" if native_bf16(device) and families_hold else "fp32"
 
 
 def _triangle(length: int, used: int) -> torch.Tensor:
