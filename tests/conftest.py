@@ -159,3 +159,21 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "stemsplit", *args], cwd=cwd, capture_output=True,
                           text=True, env=full_env, timeout=300)
+
+
+def file_tree(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` by its relative path, with its bytes: two runs' outputs compare whole."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def comparable_records(records, out: Path) -> list[dict]:
+    """Batch records as dicts with their outputs relative to `out` and no timing, so that runs into
+    different folders (local, Ray) compare equal when they did the same."""
+    return [dict(r.as_dict(), seconds=None, outputs={k: os.path.relpath(v, out) for k, v in r.outputs.items()})
+            for r in records]
+
+
+def ray_worker_pythonpath() -> str:
+    """PYTHONPATH for Ray workers: this tree and the tests folder (for worker setup hooks), then the caller's."""
+    root = Path(__file__).resolve().parents[1]
+    return os.pathsep.join([str(root), str(root / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import tone
+from conftest import comparable_records, file_tree, ray_worker_pythonpath, tone
 
 ray = pytest.importorskip("ray")
 
@@ -48,7 +48,7 @@ def die_on_marked_tracks() -> None:
 def markers(tmp_path_factory):
     """A local Ray for the whole module; its workers import this tree (and this file, for the hook)."""
     folder = tmp_path_factory.mktemp("markers")
-    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    path = ray_worker_pythonpath()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, MARKERS: str(folder), "OMP_NUM_THREADS": "1"},
                           "worker_process_setup_hook": "test_ray.die_on_marked_tracks"})
@@ -79,15 +79,6 @@ def _ray(inputs, out, checkpoint, events=None, **kwargs):
                               on_event=None if events is None else events.append, **SETTINGS, **kwargs)
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _comparable(records, out):
-    return [dict(r.as_dict(), seconds=None, outputs={k: os.path.relpath(v, out) for k, v in r.outputs.items()})
-            for r in records]
-
-
 @pytest.fixture(scope="module")
 def first_run(markers, songs, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray") / "out"
@@ -112,8 +103,8 @@ def test_outputs_and_records_are_the_local_batch_s(first_run, songs, tiny_checkp
     local_out = tmp_path / "local"
     local = _local([songs], local_out, tiny_checkpoint)
     assert [r.status for r in records] == ["failed"] + ["ok"] * 4  # broken.wav sorts first
-    assert _comparable(records, out) == _comparable(local, local_out)
-    assert _files(out) == _files(local_out) and len(_files(out)) == 16
+    assert comparable_records(records, out) == comparable_records(local, local_out)
+    assert file_tree(out) == file_tree(local_out) and len(file_tree(out)) == 16
     ends = [e for e in events if e.kind in ("done", "failed")]
     assert sorted(e.record.input for e in ends) == sorted(r.input for r in records)  # one end per track
     assert all(e.record is r for e in ends for r in records if r.input == e.record.input)
@@ -143,8 +134,8 @@ def test_collisions_between_tracks_are_the_local_batch_s(markers, songs, tiny_ch
     records = _ray(inputs, tmp_path / "ray", tiny_checkpoint, template="{model}/{stem}.{ext}")
     local = _local(inputs, tmp_path / "local", tiny_checkpoint, template="{model}/{stem}.{ext}")
     assert [r.status for r in records] == ["failed", "ok", "failed"] and "collide" in records[2].error
-    assert _comparable(records, tmp_path / "ray") == _comparable(local, tmp_path / "local")
-    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert comparable_records(records, tmp_path / "ray") == comparable_records(local, tmp_path / "local")
+    assert file_tree(tmp_path / "ray") == file_tree(tmp_path / "local")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +156,7 @@ def test_a_track_whose_worker_died_is_retried_and_completes(killed_run, markers,
     assert records["die_once"].status == "ok" and records["fine"].status == "ok"
     local = tmp_path / "local"
     _local([folder / "die_once.wav"], local, tiny_checkpoint)
-    assert _files(out / "tiny" / "die_once") == _files(local / "tiny" / "die_once")  # complete stems
+    assert file_tree(out / "tiny" / "die_once") == file_tree(local / "tiny" / "die_once")  # complete stems
     assert not [p for p in out.rglob(".*")]  # the dead worker's temporaries went with the retry
     assert [e.kind for e in events if e.record.input.endswith("die_once.wav")] == ["start", "done"]
 

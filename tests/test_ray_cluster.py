@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 import soundfile as sf
-from conftest import tone
+from conftest import comparable_records, file_tree, ray_worker_pythonpath, tone
 
 ray = pytest.importorskip("ray")
 
@@ -26,7 +26,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from stemsplit.batch import TrackRecord, expand_inputs, separate_batch  # noqa: E402
 from stemsplit.batch_ray import separate_batch_ray  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 WHERE = "STEMSPLIT_TEST_RAY_WHERE"  # folder where each track notes the node and actor that ran it
 SETTINGS = dict(device="cpu", precision="fp32")  # one thread everywhere: the same sums in the same order
 NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)  # one 1-CPU actor per node; Ray's minimum store is 75 MiB
@@ -66,7 +65,7 @@ def cluster(tmp_path_factory) -> Iterator[Path]:
     Shut down at the end, which also deletes the address the cluster recorded in Ray's temporary
     folder: a later `ray.init()` (test_ray.py's) must start its own instance, not join this one."""
     where = tmp_path_factory.mktemp("where")
-    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    path = ray_worker_pythonpath()
     nodes = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False))
     try:
         nodes.add_node(**NODE)
@@ -97,15 +96,6 @@ def ray_run(cluster, songs, tiny_checkpoint, tmp_path_factory) -> tuple[Path, li
     return out, records
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _comparable(records: list[TrackRecord], out: Path) -> list[dict[str, Any]]:
-    return [dict(r.as_dict(), seconds=None, outputs={k: os.path.relpath(v, out) for k, v in r.outputs.items()})
-            for r in records]
-
-
 def test_the_cluster_has_two_live_nodes_of_one_cpu(cluster):
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     assert ray.cluster_resources()["CPU"] == 2
@@ -120,8 +110,8 @@ def test_outputs_and_records_are_the_local_batch_s(ray_run, songs, tiny_checkpoi
     separator = Separator(load_model(str(tiny_checkpoint)), **SETTINGS)
     local = separate_batch(expand_inputs([songs], local_out), separator, local_out, model="tiny")
     assert [r.status for r in records] == ["ok"] * SONGS
-    assert _comparable(records, out) == _comparable(local, local_out)
-    assert _files(out) == _files(local_out) and len(_files(out)) == 4 * SONGS
+    assert comparable_records(records, out) == comparable_records(local, local_out)
+    assert file_tree(out) == file_tree(local_out) and len(file_tree(out)) == 4 * SONGS
 
 
 def test_tracks_ran_on_both_nodes_one_actor_each(ray_run, cluster):
@@ -144,4 +134,4 @@ def test_the_default_pool_fits_the_nodes_not_just_the_cluster_s_cpus(ray_run, so
     except subprocess.TimeoutExpired:
         pytest.fail("the batch still waits for its actor after 120 s: one no node can hold?")
     assert run.returncode == 0, run.stderr
-    assert _files(tmp_path / "out" / "tiny" / "song0") == _files(ray_run[0] / "tiny" / "song0") != {}
+    assert file_tree(tmp_path / "out" / "tiny" / "song0") == file_tree(ray_run[0] / "tiny" / "song0") != {}
