@@ -31,6 +31,20 @@ def test_reserved_soundfonts_are_never_found():
     assert not any("fluidr3" in p.name.lower() for p in sf.find_soundfonts())
 
 
+def test_auto_draws_only_the_split_s_soundfonts(tmp_path, monkeypatch):
+    """Songs on recorded material keep "auto" inside their split (TimGM6mb is the valid split's),
+    so a training song never plays the validation songs' soundfont; without a split any font."""
+    fonts = [tmp_path / "MuseScore_General.sf3", tmp_path / "TimGM6mb.sf2"]
+    monkeypatch.setattr(sf, "find_soundfonts", lambda: fonts)
+    rng = np.random.default_rng(0)
+    assert {sf.resolve("auto", rng, "train") for _ in range(20)} == {fonts[0]}
+    assert {sf.resolve("auto", rng, "valid") for _ in range(20)} == {fonts[1]}
+    assert {sf.resolve("auto", rng) for _ in range(20)} == set(fonts)
+    monkeypatch.setattr(sf, "find_soundfonts", lambda: fonts[:1])
+    with pytest.raises(DataError, match="valid split"):
+        sf.resolve("auto", rng, "valid")
+
+
 @needs_fluidsynth
 def test_soundfont_stems_are_deterministic_and_sum_exactly():
     font = _smallest_soundfont()

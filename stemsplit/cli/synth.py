@@ -31,8 +31,8 @@ def synth(
     samples: Optional[str] = typer.Option(
         None, "--samples", help="Recorded drum kits, voices and soundfonts: 'auto' (installed by "
         "scripts/install_samples.sh) or a folder the packages were unpacked into."),
-    split: str = typer.Option("train", "--split", help="Material split the samples come from: train or valid "
-                              "(they share no kit, voice or soundfont)."),
+    split: str = typer.Option("train", "--split", help="Material split the samples (and --soundfont auto) come from: "
+                              "train or valid (they share no kit, voice or soundfont)."),
     sample_share: float = typer.Option(0.7, "--sample-share", min=0.0, max=1.0,
                                        help="With --samples: chance that a song's drums, vocals, bass and other "
                                        "each use recorded material."),

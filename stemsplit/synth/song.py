@@ -75,10 +75,11 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
       styles: restrict the style families (see `compose.STYLES`), e.g. to hold one out.
       vocal_modes: restrict vocals to some of "sing", "rap", "spoken".
       soundfont: path to a General MIDI .sf2/.sf3, or "auto" (an installed one, drawn per stem,
-        never the reserved fluid-soundfont-gm). Each of drums, bass and other is then rendered
-        through it (libfluidsynth) with probability `soundfont_share`, and a GM choir may back the
-        vocals. None (default): procedural only. DataError when libfluidsynth or the file is
-        missing. Loading a large .sf3 takes seconds once per process.
+        never the reserved fluid-soundfont-gm; with `samples`, only one of the song's split).
+        Each of drums, bass and other is then rendered through it (libfluidsynth) with
+        probability `soundfont_share`, and a GM choir may back the vocals. None (default):
+        procedural only. DataError when libfluidsynth or the file is missing. Loading a large
+        .sf3 takes seconds once per process.
       exclude: hold out sound sources by name: drum kits (electronic, acoustic, sampled, 808,
         brushes), bass voices (saw, square, sine, fm, 808, finger, pick, slap, upright),
         instruments (piano, epiano, organ, strings, pad, pluck, brass, lead, acoustic_guitar,
@@ -129,11 +130,13 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     if soundfont is not None:
         from stemsplit.synth import soundfont as sf
 
+        # Songs on recorded material keep "auto" inside their split; procedural songs draw any font.
+        font_split = split if samples is not None else None
         for stem, k in (("drums", 1), ("bass", 2), ("other", 3)):
             if stems[stem] is None and rngs[k].random() < soundfont_share:
-                stems[stem] = sf.render_stem(rngs[k], plan, sr, length, stem, soundfont)
+                stems[stem] = sf.render_stem(rngs[k], plan, sr, length, stem, soundfont, font_split)
         if rngs[6].random() < soundfont_share * 0.4:
-            choir = sf.render_stem(rngs[6], plan, sr, length, "vocals", soundfont)
+            choir = sf.render_stem(rngs[6], plan, sr, length, "vocals", soundfont, font_split)
             stems["vocals"] = choir * F32(10 ** (rngs[6].uniform(-14, -6) / 20) / (_active_rms(choir, sr) + 1e-9))
     procedural = {"drums": (drums.render, 1), "bass": (bass.render, 2), "other": (instruments.render, 3)}
     for stem, (render, k) in procedural.items():

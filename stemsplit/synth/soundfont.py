@@ -65,12 +65,21 @@ def find_soundfonts_under(root: Path) -> list[Path]:
     return found
 
 
-def resolve(soundfont: str | Path, rng: np.random.Generator | None = None) -> Path:
-    """A soundfont path, or "auto": one of the installed non-reserved ones (drawn with `rng`)."""
+def resolve(soundfont: str | Path, rng: np.random.Generator | None = None, split: str | None = None) -> Path:
+    """A soundfont path, or "auto": one of the installed non-reserved ones (drawn with `rng`).
+
+    With a material `split` ("train"/"valid", for songs on recorded samples), "auto" draws only
+    that split's soundfonts, so validation songs never share one with training songs.
+    """
     if str(soundfont) == "auto":
         fonts = find_soundfonts()
+        if split is not None:
+            from stemsplit.synth.samples.library import split_of
+
+            fonts = [p for p in fonts if split_of("soundfont", p.stem) == split]
         if not fonts:
-            raise DataError("no General MIDI soundfont installed (run scripts/install_soundfonts.sh)")
+            where = f" of the {split} split" if split is not None else ""
+            raise DataError(f"no General MIDI soundfont{where} installed (run scripts/install_soundfonts.sh)")
         return fonts[int(rng.integers(len(fonts)))] if rng is not None else fonts[0]
     path = Path(soundfont)
     if not path.is_file():
@@ -78,15 +87,15 @@ def resolve(soundfont: str | Path, rng: np.random.Generator | None = None) -> Pa
     return path
 
 
-def check(soundfont: str | Path) -> None:
+def check(soundfont: str | Path, split: str | None = None) -> None:
     """DataError now if `soundfont` cannot be used: a missing file, no libfluidsynth, or a file
-    fluidsynth cannot load ("auto": none installed).
+    fluidsynth cannot load ("auto": none installed, of `split` when given).
 
     Stems go through the soundfont only by chance (`soundfont_share`), so without this a typo in
     the path surfaces after some songs were written, or never. A named file is loaded here into
     the per-process cache (`_keep_loaded`) that its first render would fill anyway.
     """
-    path = resolve(soundfont)
+    path = resolve(soundfont, split=split)
     _lib()
     if str(soundfont) != "auto":
         _keep_loaded(path)
@@ -224,12 +233,13 @@ def _choir_part(rng: np.random.Generator, plan: Plan) -> list[Note]:
 
 
 def render_stem(rng: np.random.Generator, plan: Plan, sr: int, length: int, stem: str,
-                soundfont: str | Path) -> np.ndarray:
+                soundfont: str | Path, split: str | None = None) -> np.ndarray:
     """Render one stem's part through the soundfont: the same writers, sampled instruments.
 
     For "vocals" this is a General MIDI choir backing, meant to be added to the sung vocals.
+    `split` narrows "auto" as in `resolve`.
     """
-    path = resolve(soundfont, rng)
+    path = resolve(soundfont, rng, split)
     programs: dict[int, tuple[int, int]] = {}
     notes: list[tuple[int, Note]] = []
     pans: dict[int, float] = {}

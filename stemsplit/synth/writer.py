@@ -74,7 +74,8 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     if options.get("soundfont") is not None:
         from stemsplit.synth import soundfont
 
-        soundfont.check(options["soundfont"])
+        with_samples = options.get("samples") is not None
+        soundfont.check(options["soundfont"], options.get("split", "train") if with_samples else None)
     root = Path(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
