@@ -100,3 +100,52 @@ def test_a_soundfont_fluidsynth_refuses_leaves_no_synth_behind(tmp_path, monkeyp
         sf._keep_loaded(font)
     assert calls == [("synth", 22), ("settings", 11)]
     assert not any(str(font) in key for key in sf._KEEPERS)
+
+
+def test_drum_only_soundfonts_are_train_kits_and_never_general_midi_fonts(tmp_path):
+    from stemsplit.synth.samples import library, sf2kit
+
+    fonts = tmp_path / "usr/share/sounds/sf2"
+    fonts.mkdir(parents=True)
+    (fonts / "Black_Pearl_4_LV2.sf2").write_bytes(b"RIFF")  # not a usable soundfont
+    train = library.find_library(tmp_path, "train")
+    assert [k.name for k in train.kits] == ["sf2/Black_Pearl_4_LV2"] and train.soundfonts == ()
+    assert library.find_library(tmp_path, "valid").kits == ()
+    # Unusable (a broken file, or no libfluidsynth): no kit, and songs fall back to procedural drums.
+    assert sf2kit.load_kit(fonts / "Black_Pearl_4_LV2.sf2") == {}
+    a, b = (render_song(2, 1.5, 22050, samples=tmp_path, sample_share=1.0) for _ in range(2))
+    assert np.array_equal(a["drums"], b["drums"])
+
+
+@needs_fluidsynth
+def test_a_drum_soundfont_plays_as_a_multi_velocity_recorded_kit(tmp_path, monkeypatch):
+    import functools
+    import os
+    import shutil
+
+    from stemsplit.synth.samples import hydrogen, sf2kit
+
+    font = _smallest_soundfont()
+    gm_kit = (128, 0)  # a General MIDI font's standard kit stands in for avldrums' bank 0 kit
+    kit = sf2kit.load_kit(font, gm_kit)
+    assert {"kick", "snare", "hat_closed", "crash"} <= set(kit) <= set(sf2kit.PIECES)
+    assert [la.hit[3] for la in kit["kick"][0].layers] == [v for _, _, v in sf2kit.LAYERS]
+    player = hydrogen.KitPlayer(np.random.default_rng(0), kit, 22050)
+    soft, hard = player.hit("kick", 0.2), player.hit("kick", 0.9)
+    assert soft[0].ndim == 1 and soft[0].dtype == np.float32 and np.max(np.abs(soft[0])) < np.max(np.abs(hard[0]))
+    assert np.array_equal(player.hit("kick", 0.9)[0], hard[0])
+
+    fonts = tmp_path / "usr/share/sounds/sf2"
+    fonts.mkdir(parents=True)
+    try:
+        os.link(font, fonts / "Test_Kit_LV2.sf2")
+    except OSError:
+        shutil.copyfile(font, fonts / "Test_Kit_LV2.sf2")
+    monkeypatch.setattr(sf2kit, "load_kit", functools.partial(sf2kit.load_kit, preset=gm_kit))
+    played = []
+    rendered = hydrogen._rendered
+    monkeypatch.setattr(hydrogen, "_rendered", lambda layer, sr: played.append(layer.hit) or rendered(layer, sr))
+    a, b = (render_song(5, 2.0, 22050, samples=tmp_path, sample_share=1.0) for _ in range(2))
+    assert {"kick", "snare"} <= {hit[2] for hit in played}
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(a["mixture"], a["drums"] + a["bass"] + a["other"] + a["vocals"])

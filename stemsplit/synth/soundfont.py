@@ -2,10 +2,10 @@
 
 Owns the binding to libfluidsynth (through ctypes, loaded on first use; a fresh synth per
 render, with the soundfont's samples kept warm in fluidsynth's cache per process), the General
-MIDI program choices per stem, and turning the part writers' notes into MIDI events rendered
-offline and deterministically. The internal reverb/chorus of fluidsynth are off: production
-effects belong to effects.py. It must not be required: everything else works without
-libfluidsynth or a soundfont.
+MIDI program choices per stem, and turning the part writers' notes (or one drum hit, for the
+recorded kits of drum-only soundfonts) into MIDI events rendered offline and deterministically.
+The internal reverb/chorus of fluidsynth are off: production effects belong to effects.py. It
+must not be required: everything else works without libfluidsynth or a soundfont.
 
 Install with scripts/install_soundfonts.sh (Debian: fluidsynth + a GM soundfont). The
 soundfont of the `fluid-soundfont-gm` package is reserved for held-out evaluation: `"auto"`
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from stemsplit.synth.reserved import is_reserved
 
 F32 = np.float32
 SEARCH_DIRS = (Path("/usr/share/sounds/sf2"), Path("/usr/share/sounds/sf3"), Path("/usr/share/soundfonts"))
-# Drum-kit-only soundfonts (avldrums.lv2-soundfont): not General MIDI, so never an "auto" choice.
+# Drum-kit-only soundfonts (avldrums.lv2-soundfont): not General MIDI, so never an "auto" choice;
+# the sample library plays them as recorded kits instead.
 DRUM_ONLY = ("_lv2",)
 
 # General MIDI programs (0-based) per stem. Voice-like programs (choir, voice oohs, synth voice,
@@ -53,14 +55,15 @@ def find_soundfonts() -> list[Path]:
     return find_soundfonts_under(Path("/"))
 
 
-def find_soundfonts_under(root: Path) -> list[Path]:
-    """General MIDI soundfonts in the Debian places below `root` (reserved and drum-only excluded)."""
+def find_soundfonts_under(root: Path, drum_only: bool = False) -> list[Path]:
+    """General MIDI soundfonts in the Debian places below `root` (reserved ones excluded), or with
+    `drum_only` the drum-kit-only ones (which samples.sf2kit plays as recorded kits)."""
     found = []
     for folder in (root / d.relative_to("/") for d in SEARCH_DIRS):
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
                 if path.suffix.lower() in (".sf2", ".sf3") and path.is_file() and not path.is_symlink():
-                    if not is_reserved(path) and not any(d in path.name.lower() for d in DRUM_ONLY):
+                    if not is_reserved(path) and any(d in path.name.lower() for d in DRUM_ONLY) == drum_only:
                         found.append(path)
     return found
 
@@ -230,6 +233,24 @@ def _choir_part(rng: np.random.Generator, plan: Plan) -> list[Note]:
             for pitch in instruments.voicing(chord.pitch_classes(), center, 3):
                 notes.append(Note(plan.time(bar, step), (end - step) * plan.step_seconds, float(pitch), 0.6))
     return notes
+
+
+@functools.lru_cache(maxsize=512)
+def render_hit(path: Path, bank: int, preset: int, piece: str, vel: float, sr: int,
+               seconds: float) -> np.ndarray | None:
+    """One hit of drum `piece` (its General MIDI key) at velocity `vel` in 0..1 on preset
+    (bank, preset): a read-only mono float32 one-shot up to its last audible sample, at most
+    `seconds` long; None when the preset has no sound there."""
+    length = int(seconds * sr)
+    note = Note(0.0, 0.1, 0.0, vel, piece)
+    out = render_events(path, sr, length, {DRUM_CHANNEL: (bank, preset)}, [(DRUM_CHANNEL, note)], {})
+    mono = out.mean(axis=0, dtype=np.float64)
+    audible = np.flatnonzero(np.abs(mono) > 1e-4)  # -80 dBFS
+    if audible.size == 0:
+        return None
+    hit = mono[:audible[-1] + 1].astype(F32)
+    hit.setflags(write=False)  # shared through the cache
+    return hit
 
 
 def render_stem(rng: np.random.Generator, plan: Plan, sr: int, length: int, stem: str,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from stemsplit.errors import DataError
-from stemsplit.synth.samples import hydrogen, library, sonicpi
+from stemsplit.synth.samples import hydrogen, library, sf2kit, sonicpi
 
 
 @dataclass
@@ -26,6 +26,8 @@ def load_kit(kit: library.Kit) -> dict:
     """The playable instruments of a kit by piece ({} when unusable)."""
     if kit.name.startswith("sonic-pi/"):
         return sonicpi.load_kit(kit.path, kit.name.split("/", 1)[1])
+    if kit.name.startswith("sf2/"):
+        return sf2kit.load_kit(kit.path)
     return hydrogen.load_kit(kit.path)
 
 

@@ -68,6 +68,8 @@ class Layer:
     high: float
     gain: float
     pitch: float      # semitones
+    # A hit rendered from the soundfont at `path` (bank, preset, piece, velocity), not a file.
+    hit: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class KitPlayer:
         self.sr = sr
         self.rng = rng
         self.chosen = {p: insts[int(rng.integers(len(insts)))] for p, insts in sorted(kit.items())}
-        self._last: dict[str, Path] = {}
+        self._last: dict[str, Layer] = {}
 
     def piece(self, piece: str) -> str | None:
         """The piece that actually sounds for `piece` (itself or a stand-in; None: not played)."""
@@ -154,16 +156,26 @@ class KitPlayer:
         if not fits:  # between ranges: the nearest layer
             fits = [min(inst.layers, key=lambda la: min(abs(vel - la.low), abs(vel - la.high)))]
         # Round robin: do not repeat the last sample of this piece when another one fits.
-        fresh = [la for la in fits if la.path != self._last.get(played)] or fits
+        fresh = [la for la in fits if la != self._last.get(played)] or fits
         layer = fresh[int(self.rng.integers(len(fresh)))]
-        self._last[played] = layer.path
-        sample = audio.read(layer.path, self.sr, MAX_HIT_SECONDS)
+        self._last[played] = layer
+        if layer.hit is None:
+            sample = audio.read(layer.path, self.sr, MAX_HIT_SECONDS)
+        else:
+            sample = _rendered(layer, self.sr)
         if sample is None:
             return None
         if layer.pitch:
             sample = _repitch(sample, layer.pitch)
         peak = float(np.max(np.abs(sample))) or 1.0
         return sample, inst.gain * layer.gain / peak
+
+
+def _rendered(layer: Layer, sr: int) -> np.ndarray | None:
+    from stemsplit.synth import soundfont
+
+    bank, preset, piece, vel = layer.hit
+    return soundfont.render_hit(layer.path, bank, preset, piece, vel, sr, MAX_HIT_SECONDS)
 
 
 def _repitch(x: np.ndarray, semitones: float) -> np.ndarray:

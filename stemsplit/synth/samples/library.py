@@ -35,7 +35,8 @@ MAX_LISTED = 2000  # entries looked at per folder: a huge or hostile folder cann
 
 @dataclass(frozen=True)
 class Kit:
-    """A recorded drum kit: a Hydrogen drumkit.xml, or a Sonic Pi kit ("sonic-pi/<kit>") in a folder."""
+    """A recorded drum kit: a Hydrogen drumkit.xml, a Sonic Pi kit ("sonic-pi/<kit>") in a folder,
+    or a drum-only soundfont ("sf2/<file stem>", e.g. avldrums' Black Pearl)."""
 
     name: str
     path: Path
@@ -95,6 +96,7 @@ def _listing(folder: Path) -> list[Path]:
 
 def _kits(root: Path, split: str) -> list[Kit]:
     from stemsplit.synth.samples import sonicpi
+    from stemsplit.synth.soundfont import find_soundfonts_under
 
     found = []
     for rel in KIT_DIRS:
@@ -105,6 +107,8 @@ def _kits(root: Path, split: str) -> list[Kit]:
     folder = root / sonicpi.FOLDER
     if folder.is_dir() and not is_reserved(folder):
         found += [Kit(f"sonic-pi/{k}", folder) for k in sonicpi.KITS if split_of("kit", f"sonic-pi/{k}") == split]
+    found += [Kit(f"sf2/{p.stem}", p) for p in find_soundfonts_under(root, drum_only=True)
+              if split_of("kit", f"sf2/{p.stem}") == split]
     return found
 
 
