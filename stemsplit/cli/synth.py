@@ -25,7 +25,8 @@ def synth(
     exclude: Optional[List[str]] = typer.Option(
         None, "--exclude", help="Hold out a kit, bass voice, instrument, voice type or vocal model (repeatable)."),
     soundfont: Optional[str] = typer.Option(None, "--soundfont",
-                                            help="General MIDI .sf2/.sf3 (or 'auto') for sample-based stems."),
+                                            help="General MIDI .sf2/.sf3, a freepats folder, or 'auto' for "
+                                            "sample-based stems."),
     soundfont_share: float = typer.Option(0.5, "--soundfont-share", min=0.0, max=1.0,
                                           help="Chance that each stem uses the soundfont."),
     samples: Optional[str] = typer.Option(

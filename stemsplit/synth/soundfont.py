@@ -7,6 +7,7 @@ recorded kits of drum-only soundfonts) into MIDI events rendered offline and det
 The internal reverb/chorus of fluidsynth are off: production effects belong to effects.py. It
 must not be required: everything else works without libfluidsynth or a soundfont.
 
+A freepats folder (GUS patches) may stand wherever a soundfont does; patches.py plays it.
 Install with scripts/install_soundfonts.sh (Debian: fluidsynth + a GM soundfont). The
 soundfont of the `fluid-soundfont-gm` package is reserved for held-out evaluation: `"auto"`
 never picks it.
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stemsplit.errors import DataError
-from stemsplit.synth import bass, drums, instruments
+from stemsplit.synth import bass, drums, instruments, patches
 from stemsplit.synth.compose import Note, Plan
 from stemsplit.synth.reserved import is_reserved
 
@@ -85,8 +86,8 @@ def resolve(soundfont: str | Path, rng: np.random.Generator | None = None, split
             raise DataError(f"no General MIDI soundfont{where} installed (run scripts/install_soundfonts.sh)")
         return fonts[int(rng.integers(len(fonts)))] if rng is not None else fonts[0]
     path = Path(soundfont)
-    if not path.is_file():
-        raise DataError(f"{path}: soundfont not found")
+    if not (path.is_file() or patches.is_patch_set(path)):
+        raise DataError(f"{path}: soundfont not found (a .sf2/.sf3 file or a freepats folder)")
     return path
 
 
@@ -99,6 +100,8 @@ def check(soundfont: str | Path, split: str | None = None) -> None:
     the per-process cache (`_keep_loaded`) that its first render would fill anyway.
     """
     path = resolve(soundfont, split=split)
+    if patches.is_patch_set(path):
+        return  # played by patches.py: no libfluidsynth involved
     _lib()
     if str(soundfont) != "auto":
         _keep_loaded(path)
@@ -178,7 +181,10 @@ def _new_synth(path: Path, sr: int) -> tuple[int, int, int]:
 
 def render_events(path: Path, sr: int, length: int, programs: dict[int, tuple[int, int]],
                   notes: list[tuple[int, Note]], pans: dict[int, float]) -> np.ndarray:
-    """Render notes on MIDI channels to (2, length) float32; programs: channel -> (bank, program)."""
+    """Render notes on MIDI channels to (2, length) float32; programs: channel -> (bank, program).
+    A freepats folder is played by patches.py, everything else by libfluidsynth."""
+    if patches.is_patch_set(path):
+        return patches.render_events(path, sr, length, programs, notes, pans)
     lib = _lib()
     settings, synth, sfid = _new_synth(path, sr)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from stemsplit.errors import DataError
+from stemsplit.synth import patches
 from stemsplit.synth.samples import hydrogen, library, sf2kit, sonicpi
 
 
@@ -59,6 +60,8 @@ def pick(rng: np.random.Generator, samples: str | Path, split: str, share: float
         voice = RecordedVoice.make(lib.voices[k_voice % len(lib.voices)], sr, voice_seed)
         out.voice = voice if voice.units else None
     # Each stem then goes through the soundfont with chance `share` (song.py): no second draw here.
-    if want_soundfont and lib.soundfonts and _fluidsynth_ok():
-        out.soundfont = lib.soundfonts[k_font % len(lib.soundfonts)]
+    if want_soundfont and lib.soundfonts:
+        font = lib.soundfonts[k_font % len(lib.soundfonts)]
+        # A freepats folder needs no libfluidsynth.
+        out.soundfont = font if patches.is_patch_set(font) or _fluidsynth_ok() else None
     return out

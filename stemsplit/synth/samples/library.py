@@ -58,7 +58,7 @@ class Library:
     split: str
     kits: tuple[Kit, ...]
     voices: tuple[Voice, ...]
-    soundfonts: tuple[Path, ...]   # General MIDI .sf2/.sf3
+    soundfonts: tuple[Path, ...]   # General MIDI .sf2/.sf3 files and freepats folders
 
     def summary(self) -> str:
         return (f"{len(self.kits)} drum kits, {len(self.voices)} voices, {len(self.soundfonts)} soundfonts "
@@ -80,7 +80,7 @@ def resolve_root(samples: str | Path) -> Path:
     return root
 
 
-def _listing(folder: Path) -> list[Path]:
+def listing(folder: Path) -> list[Path]:
     """The sorted entries of a folder (at most MAX_LISTED), reserved ones left out."""
     try:
         entries = []
@@ -100,7 +100,7 @@ def _kits(root: Path, split: str) -> list[Kit]:
 
     found = []
     for rel in KIT_DIRS:
-        for kit_dir in _listing(root / rel):
+        for kit_dir in listing(root / rel):
             xml = kit_dir / "drumkit.xml"
             if xml.is_file() and split_of("kit", kit_dir.name) == split:
                 found.append(Kit(kit_dir.name, xml))
@@ -115,11 +115,11 @@ def _kits(root: Path, split: str) -> list[Kit]:
 def _voices(root: Path, split: str) -> list[Voice]:
     found = []
     for family, rel in VOICE_DIRS:
-        for speaker in _listing(root / rel):
+        for speaker in listing(root / rel):
             name = f"{family}/{speaker.name}"
             if not speaker.is_dir() or split_of("voice", name) != split:
                 continue
-            files = tuple(p for p in _listing(speaker) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            files = tuple(p for p in listing(speaker) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
             if files:
                 found.append(Voice(name, files))
     return found
@@ -127,9 +127,11 @@ def _voices(root: Path, split: str) -> list[Voice]:
 
 @functools.lru_cache(maxsize=16)
 def _find(root: Path, split: str) -> Library:
+    from stemsplit.synth.patches import find_patch_sets_under
     from stemsplit.synth.soundfont import find_soundfonts_under
 
-    fonts = [p for p in find_soundfonts_under(root) if split_of("soundfont", p.stem) == split]
+    fonts = [p for p in find_soundfonts_under(root) + find_patch_sets_under(root)
+             if split_of("soundfont", p.stem) == split]
     return Library(root, split, tuple(_kits(root, split)), tuple(_voices(root, split)), tuple(fonts))
 
 
