@@ -376,3 +376,16 @@ def test_local_checkpoint_errors_stay_checkpoint_errors(tmp_path):
     (tmp_path / "broken.th").write_bytes(b"\x80\x02 definitely not a model")
     with pytest.raises(CheckpointError, match="broken.th"):
         resolve.load_model(tmp_path / "broken.th")
+
+
+def test_default_model_is_found_beside_a_source_checkout(monkeypatch):
+    """Python started in the repository imports stemsplit from the source tree, where there is no
+    stemsplit.weights package: the embedded model is then read from weights/ beside it."""
+    import importlib.resources
+    from pathlib import Path
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    assert registry.default_model_path() == Path(registry.__file__).resolve().parents[2] / "weights" / "default.safetensors"

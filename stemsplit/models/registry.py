@@ -178,10 +178,11 @@ def default_model_path() -> Optional[Path]:
     import importlib.resources
 
     try:
-        candidate = importlib.resources.files("stemsplit.weights") / DEFAULT_FILE
+        path = Path(str(importlib.resources.files("stemsplit.weights") / DEFAULT_FILE))
     except ModuleNotFoundError:
-        return None
-    path = Path(str(candidate))
+        # Python started in a source checkout imports the package from there, where the weights
+        # sit beside it in weights/ rather than in the installed stemsplit.weights package.
+        path = Path(__file__).resolve().parents[2] / "weights" / DEFAULT_FILE
     return path if path.is_file() else None
 
 
