@@ -57,6 +57,12 @@ def check_options(seconds: float, samplerate: int, channels: int, styles, vocal_
             raise ValueError(f"exclude leaves no {family}")
 
 
+def soundfont_split(samples: str | Path | None, split: str) -> str | None:
+    """The split "auto" soundfonts are drawn from: the song's, for songs on recorded material;
+    None (any installed font) for procedural songs."""
+    return split if samples is not None else None
+
+
 def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: int = 2, *,
                 styles: Sequence[str] | None = None, vocal_modes: Sequence[str] | None = None,
                 soundfont: str | Path | None = None, soundfont_share: float = 0.5,
@@ -130,8 +136,7 @@ def render_song(seed: int, seconds: float, samplerate: int = 44100, channels: in
     if soundfont is not None:
         from stemsplit.synth import soundfont as sf
 
-        # Songs on recorded material keep "auto" inside their split; procedural songs draw any font.
-        font_split = split if samples is not None else None
+        font_split = soundfont_split(samples, split)
         for stem, k in (("drums", 1), ("bass", 2), ("other", 3)):
             if stems[stem] is None and rngs[k].random() < soundfont_share:
                 stems[stem] = sf.render_stem(rngs[k], plan, sr, length, stem, soundfont, font_split)

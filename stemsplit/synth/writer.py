@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from stemsplit.errors import AudioError
-from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed
+from stemsplit.synth.song import SOURCES, check_options, render_song, song_seed, soundfont_split
 
 BIT_DEPTHS = {"float": 32, "16": 16, "24": 24}  # --bit-depth -> the stem writer's (32 is float)
 
@@ -74,8 +74,7 @@ def write_dataset(out_dir: str | Path, songs: int, seconds: float, seed: int, sa
     if options.get("soundfont") is not None:
         from stemsplit.synth import soundfont
 
-        with_samples = options.get("samples") is not None
-        soundfont.check(options["soundfont"], options.get("split", "train") if with_samples else None)
+        soundfont.check(options["soundfont"], soundfont_split(options.get("samples"), options.get("split", "train")))
     root = Path(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
